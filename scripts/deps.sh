@@ -10,7 +10,7 @@ pkgs=(
   # fuzzing and sanitizers
   clang libclang-rt-14-dev
   # real peers
-  diod qemu-system-x86 busybox-static cpio kmod iproute2
+  diod qemu-system-x86 busybox-static cpio kmod xz-utils iproute2 procps python3
 )
 
 missing=()
