@@ -1,10 +1,27 @@
 #include "server9p/base.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <cstring>
 
 namespace berth::p9 {
+
+void AuditLog::record(std::string line) {
+  spdlog::info("audit: {}", line);
+  if (lines_.size() == max_) {
+    lines_.pop_front();
+    dropped_++;
+  }
+  lines_.push_back(std::move(line));
+}
+
+std::string AuditLog::render() const {
+  std::string out;
+  if (dropped_) out += fmt::format("# {} older entries dropped\n", dropped_);
+  for (auto& l : lines_) out += l + "\n";
+  return out;
+}
 
 BaseTree mount_base_tree(Tree& tree, MetricsRegistry& metrics, const Clock& clock, const std::string& version) {
   BaseTree b;
@@ -18,9 +35,9 @@ BaseTree mount_base_tree(Tree& tree, MetricsRegistry& metrics, const Clock& cloc
   auto* m = &metrics;
   tree.root()->add(std::make_shared<StateFile>("metrics", "every counter in Prometheus text format",
                                                [m] { return m->render(); }));
-  b.audit = std::make_shared<ByteStream>(1 << 20);
-  tree.root()->add(std::make_shared<StreamFile>("audit", "who read which capture, when, and how many bytes",
-                                                b.audit, /*replay=*/true));
+  b.audit = std::make_shared<AuditLog>();
+  tree.root()->add(std::make_shared<StateFile>("audit", "who read which capture, when, and how many bytes",
+                                               [a = b.audit] { return a->render(); }));
 
   auto debug = std::make_shared<Dir>("debug", "diod-compatible files; attach with aname \"ctl\" to land here");
   tree.root()->add(debug);

@@ -42,6 +42,8 @@ void ServerStats::render(PromWriter& w) const {
   w.sample("berth_9p_connections_total", connections_total);
   w.family("berth_9p_connections_active", "gauge", "9P connections open now");
   w.sample("berth_9p_connections_active", connections_active);
+  w.family("berth_9p_connections_refused_total", "counter", "9P connections refused at the connection limit");
+  w.sample("berth_9p_connections_refused_total", connections_refused);
   w.family("berth_9p_bytes_received_total", "counter", "bytes received from 9P clients");
   w.sample("berth_9p_bytes_received_total", bytes_in);
   w.family("berth_9p_bytes_sent_total", "counter", "bytes sent to 9P clients");

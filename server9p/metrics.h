@@ -50,6 +50,7 @@ const char* proto_drop_name(ProtoDrop d);
 struct ServerStats {
   uint64_t connections_total = 0;
   uint64_t connections_active = 0;
+  uint64_t connections_refused = 0;  // over the server's connection limit
   uint64_t bytes_in = 0, bytes_out = 0;
   std::array<uint64_t, 256> requests{};  // by T-message type
   std::map<int, uint64_t> errors;        // by errno of the reply

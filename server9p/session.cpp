@@ -52,7 +52,8 @@ const std::string& user_name() {
 
 Session::Session(Tree& tree, ServerStats& stats, const Clock& clock, SessionLimits limits, SendFn send,
                  std::string peer)
-    : tree_(tree), stats_(stats), clock_(clock), limits_(limits), send_(std::move(send)), peer_(std::move(peer)) {
+    : tree_(tree), stats_(stats), clock_(clock), limits_(limits), send_(std::move(send)), peer_(std::move(peer)),
+      uid_(geteuid()), gid_(getegid()) {
   stats_.connections_total++;
   stats_.connections_active++;
 }
@@ -575,8 +576,8 @@ void Session::t_getattr(Fcall& req) {
   r.valid = kGetattrBasic;
   r.qid = n.qid();
   r.mode = (n.is_dir() ? S_IFDIR : S_IFREG) | n.perm();
-  r.uid = geteuid();
-  r.gid = getegid();
+  r.uid = uid_;
+  r.gid = gid_;
   r.nlink = n.is_dir() ? 2 : 1;
   r.size = n.is_dir() ? 0 : f->file ? f->file->size() : n.size();
   r.blksize = 4096;
@@ -619,9 +620,9 @@ Stat Session::make_stat(const Node& n, const OpenFile* file) const {
   s.length = n.is_dir() ? 0 : file ? file->size() : n.size();
   s.name = n.name();
   s.uid = s.gid = s.muid = user_name();
-  s.n_uid = geteuid();
-  s.n_gid = getegid();
-  s.n_muid = geteuid();
+  s.n_uid = uid_;
+  s.n_gid = gid_;
+  s.n_muid = uid_;
   return s;
 }
 

@@ -115,6 +115,7 @@ class Session {
   SessionLimits limits_;
   SendFn send_;
   std::string peer_;
+  uint32_t uid_ = 0, gid_ = 0;  // every file is owned by the server's user
 
   bool versioned_ = false;
   Dialect dialect_ = Dialect::P9_2000L;

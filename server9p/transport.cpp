@@ -181,7 +181,11 @@ void Server::accept(Listener* l) {
     uv_pipe_init(loop_, &c->h.pipe, 0);
   }
   c->h.handle.data = c;
-  if (uv_accept(&l->h.stream, &c->h.stream) != 0) {
+  if (uv_accept(&l->h.stream, &c->h.stream) != 0 || conns_.size() >= max_connections) {
+    if (conns_.size() >= max_connections) {
+      stats_.connections_refused++;
+      spdlog::warn("9p: connection limit ({}) reached; refusing a connection", max_connections);
+    }
     uv_close(&c->h.handle, [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
     return;
   }

@@ -43,7 +43,8 @@ class Server {
   // Stop listening, close every connection and remove unix socket files.
   void close();
 
-  size_t max_queued_bytes = 8u << 20;
+  size_t max_queued_bytes = 8u << 20;  // per connection, before reading pauses
+  size_t max_connections = 256;         // more are accepted and closed at once, counted
 
  private:
   struct Listener;
