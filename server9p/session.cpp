@@ -356,6 +356,9 @@ void Session::t_walk(Fcall& req) {
   for (auto& name : req.wnames) {
     if (name == "..") {
       if (path.size() > f->root_depth) path.pop_back();
+    } else if (name == "." && path.back()->is_dir()) {
+      // Readdir lists "." (as real file systems do); clients such as
+      // diodls -l walk every listed name, so "." stays in place.
     } else {
       if (!path.back()->is_dir()) {
         first_error = ENOTDIR;

@@ -81,7 +81,7 @@ struct Server::Conn {
     uv_stream_t stream;
   } h;
   std::unique_ptr<Session> session;
-  std::vector<uint8_t> rbuf = std::vector<uint8_t>(64 * 1024);
+  std::vector<uint8_t> rbuf = std::vector<uint8_t>(128 * 1024);  // a 64 KiB-msize message fits in one read
   size_t queued = 0;   // bytes in uv_write requests not yet completed
   bool paused = false; // reading stopped for backpressure
   bool closing = false;
