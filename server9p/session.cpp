@@ -470,16 +470,25 @@ void Session::park(uint16_t tag, uint32_t fid, uint64_t offset, uint32_t count) 
     stats_.pending_table_full++;
     return reply_error(tag, EAGAIN, "too many blocked reads on this connection");
   }
+  Fid* f = find(fid);
+  if (!f->waiting) {
+    // OpenFile's default wait_readable calls back at once. A file that says
+    // EAGAIN but cannot wait would then recurse (park -> callback -> wake_fid
+    // -> t_read -> park) until the stack overflows; its EAGAIN goes to the
+    // client instead. (Found by session_test "a file that says EAGAIN...".)
+    auto state = std::make_shared<int>(0);  // 0 registering, 1 waiting, 2 called back while registering
+    std::weak_ptr<bool> alive = alive_;
+    f->file->wait_readable([this, alive, fid, state] {
+      if (*state == 0) return void(*state = 2);
+      if (alive.expired()) return;
+      wake_fid(fid);
+    });
+    if (*state == 2) return reply_error(tag, EAGAIN, "file would block but cannot wait");
+    *state = 1;
+    f->waiting = true;
+  }
   stats_.reads_parked++;
   parked_[tag] = Parked{fid, offset, count};
-  Fid* f = find(fid);
-  if (f->waiting) return;
-  f->waiting = true;
-  std::weak_ptr<bool> alive = alive_;
-  f->file->wait_readable([this, alive, fid] {
-    if (alive.expired()) return;
-    wake_fid(fid);
-  });
 }
 
 void Session::wake_fid(uint32_t fid) {
