@@ -33,3 +33,30 @@ class FakeClock final : public Clock {
 };
 
 }  // namespace berth
+
+namespace berth {
+
+// Monotonic time for protocol timers: nanoseconds since an arbitrary origin.
+using Instant = std::chrono::nanoseconds;
+
+class MonoClock {
+ public:
+  virtual ~MonoClock() = default;
+  virtual Instant now() const = 0;
+};
+
+class SystemMonoClock final : public MonoClock {
+ public:
+  Instant now() const override {
+    return std::chrono::duration_cast<Instant>(std::chrono::steady_clock::now().time_since_epoch());
+  }
+};
+
+class FakeMonoClock final : public MonoClock {
+ public:
+  Instant now() const override { return t; }
+  void advance(Instant d) { t += d; }
+  Instant t{1'000'000'000};
+};
+
+}  // namespace berth
