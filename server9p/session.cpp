@@ -80,17 +80,43 @@ void Session::reset() {
 bool Session::feed(Bytes data) {
   if (dead_) return false;
   stats_.bytes_in += data.size();
-  in_feed_ = true;
-  // Without buffered bytes, parse straight from the transport's buffer.
-  Bytes src = data;
-  bool buffered = !in_.empty();
-  if (buffered) {
+  if (!in_.empty() || paused_) {
     in_.insert(in_.end(), data.begin(), data.end());
-    src = in_;
+    return process_buffered();
   }
-  size_t pos = 0;
+  // Nothing buffered: parse straight from the transport's buffer and keep
+  // only what is left over.
+  size_t used = 0;
+  bool ok = process(data, used);
+  if (ok && used < data.size()) in_.assign(data.begin() + long(used), data.end());
+  return ok;
+}
+
+bool Session::resume() {
+  if (dead_) return false;
+  paused_ = false;
+  return process_buffered();
+}
+
+bool Session::process_buffered() {
+  size_t used = 0;
+  bool ok = process(in_, used);
+  if (ok) in_.erase(in_.begin(), in_.begin() + long(used));
+  return ok;
+}
+
+bool Session::process(Bytes src, size_t& pos) {
+  in_feed_ = true;
+  pos = 0;
   bool ok = true;
   while (src.size() - pos >= 4) {
+    // Backpressure between messages: hand over what is ready, and stop if
+    // the transport cannot take more (a client that does not read).
+    if (out_.size() >= kFlushThreshold) flush_out();
+    if (gate_ && gate_()) {
+      paused_ = true;
+      break;
+    }
     uint32_t size = load_le32(&src[pos]);
     uint32_t limit = versioned_ ? msize_ : limits_.max_msize;
     if (size < kHeaderSize || size > limit) {
@@ -104,12 +130,6 @@ bool Session::feed(Bytes data) {
       break;
     }
     pos += size;
-  }
-  if (ok) {
-    if (buffered)
-      in_.erase(in_.begin(), in_.begin() + pos);
-    else
-      in_.assign(data.begin() + pos, data.end());
   }
   in_feed_ = false;
   flush_out();

@@ -50,6 +50,14 @@ class Session {
   // be closed because the peer sent bad input.
   [[nodiscard]] bool feed(Bytes data);
 
+  // Backpressure: `blocked` is asked between messages; while it says true
+  // the session stops processing, keeps the rest of its input buffered and
+  // reports paused(). The transport then stops reading and calls resume()
+  // once it can take replies again. resume() returns false like feed().
+  void set_output_gate(std::function<bool()> blocked) { gate_ = std::move(blocked); }
+  bool paused() const { return paused_; }
+  [[nodiscard]] bool resume();
+
   Dialect dialect() const { return dialect_; }
   uint32_t msize() const { return msize_; }
   size_t fid_count() const { return fids_.size(); }
@@ -73,6 +81,8 @@ class Session {
     uint32_t count;
   };
 
+  bool process(Bytes src, size_t& used);
+  bool process_buffered();
   bool handle(Bytes frame);
   void dispatch(Fcall& req);
   void reply(const Fcall& r);
@@ -124,6 +134,9 @@ class Session {
   std::map<uint16_t, Parked> parked_;  // by tag
   std::vector<uint8_t> in_;            // bytes of a message not yet complete
   std::vector<uint8_t> out_;           // replies not yet handed to send_
+  static constexpr size_t kFlushThreshold = 256 * 1024;  // hand replies over in batches of this size
+  std::function<bool()> gate_;
+  bool paused_ = false;
   bool in_feed_ = false;
   bool dead_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for stream wakeups

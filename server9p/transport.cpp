@@ -230,8 +230,13 @@ void Server::accept(Listener* l) {
           delete w;
           if (status < 0) return c->server->drop_conn(c);
           if (c->paused && !c->closing && c->queued <= c->server->max_queued_bytes / 2) {
-            c->paused = false;
-            uv_read_start(&c->h.stream, &Server::on_alloc, &Server::on_read);
+            // Replies drained: let the session go on with buffered input,
+            // and read again unless that filled the queue once more.
+            if (!c->session->resume()) return c->server->drop_conn(c);
+            if (!c->session->paused() && !c->closing) {
+              c->paused = false;
+              uv_read_start(&c->h.stream, &Server::on_alloc, &Server::on_read);
+            }
           }
         });
         if (rc != 0) {
@@ -239,12 +244,9 @@ void Server::accept(Listener* l) {
           delete w;
           return c->server->drop_conn(c);
         }
-        if (c->queued > c->server->max_queued_bytes && !c->paused) {
-          c->paused = true;
-          uv_read_stop(&c->h.stream);
-        }
       },
       peer);
+  c->session->set_output_gate([c] { return c->queued > c->server->max_queued_bytes; });
   conns_.push_back(c);
   uv_read_start(&c->h.stream, &Server::on_alloc, &Server::on_read);
 }
@@ -257,7 +259,11 @@ void Server::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void Server::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   auto* c = static_cast<Conn*>(s->data);
   if (n < 0) return c->server->drop_conn(c);  // EOF or error
-  if (n > 0 && !c->session->feed(Bytes(c->rbuf.data(), size_t(n)))) c->server->drop_conn(c);
+  if (n > 0 && !c->session->feed(Bytes(c->rbuf.data(), size_t(n)))) return c->server->drop_conn(c);
+  if (c->session->paused() && !c->paused) {  // the client is not reading its replies
+    c->paused = true;
+    uv_read_stop(&c->h.stream);
+  }
 }
 
 void Server::drop_conn(Conn* c) {

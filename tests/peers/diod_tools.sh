@@ -356,10 +356,34 @@ def case_half_message(port):
     return True
 
 
+def case_read_flood(port):
+    """Ask for gigabytes of /debug/zero without reading a byte of the replies.
+    The server must stop reading from this client instead of queueing them."""
+    s = connect(port)
+    version(s, msize=1 << 20)
+    s.sendall(msg(Tattach, 1, struct.pack("<II", 1, NOFID) + s9("flood") + s9("ctl") + struct.pack("<I", 0)))
+    recv_msg(s)
+    s.sendall(msg(Twalk, 2, struct.pack("<IIH", 1, 2, 1) + s9("zero")))
+    recv_msg(s)
+    s.sendall(msg(12, 3, struct.pack("<II", 2, 0)))  # Tlopen O_RDONLY
+    recv_msg(s)
+    one = b"".join(msg(116, 10 + i, struct.pack("<IQI", 2, 0, 1 << 20)) for i in range(4000))
+    s.setblocking(False)
+    sent, end = 0, time.monotonic() + 3
+    while sent < len(one) and time.monotonic() < end:
+        try:
+            sent += s.send(one[sent:])
+        except BlockingIOError:
+            time.sleep(0.05)
+    print("FLOODING %d reads of 1 MiB asked" % (sent // 19), flush=True)
+    sys.stdin.read()
+    return True
+
+
 CASES = {
     "size3": case_size3, "size_huge": case_size_huge, "size_over_msize": case_size_over_msize,
     "version_garbage": case_version_garbage, "truncated_walk": case_truncated_walk,
-    "fid_flood": case_fid_flood, "half_message": case_half_message,
+    "fid_flood": case_fid_flood, "half_message": case_half_message, "read_flood": case_read_flood,
 }
 
 if __name__ == "__main__":
@@ -399,6 +423,24 @@ fi
 half_in=${HALF[1]}
 eval "exec $half_in>&-"
 wait "$HALF_PID" 2>/dev/null || true
+server_alive
+
+# A client that asks for gigabytes and reads nothing is throttled: the
+# server's memory stays bounded and others are still served.
+coproc FLOOD { exec python3 "$TMP/hostile.py" "$PORT" read_flood 2>&1; }
+line=""
+read -r -t 30 line <&"${FLOOD[0]}" || true
+case "$line" in
+  FLOODING*)
+    rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
+    if [ "${rss_kb:-0}" -lt 262144 ]; then ok "read flood without reading replies: server RSS ${rss_kb} kB ($line)"
+    else fail "read flood: server RSS ${rss_kb} kB, want < 256 MiB"; fi
+    check_diodls "$TCP" "while a client floods reads without reading" ;;
+  *) fail "read-flood client did not get going: '$line'" ;;
+esac
+flood_in=${FLOOD[1]}
+eval "exec $flood_in>&-"
+wait "$FLOOD_PID" 2>/dev/null || true
 server_alive
 
 read_metrics

@@ -1634,3 +1634,51 @@ TEST_CASE("the Linux v9fs mount, ls, cat and echo sequences are served", "[sessi
   CHECK(c.pipe->session().fid_count() == 5);  // 0, 2, 4, 6, 7 (the kernel clunks them later)
   CHECK_FALSE(c.closed());
 }
+
+// ---- backpressure -------------------------------------------------------------
+
+TEST_CASE("a closed output gate pauses a session between messages until resume", "[session][backpressure]") {
+  Rig r;
+  std::vector<std::vector<uint8_t>> replies;
+  Session s(r.tree, r.stats, r.clock, SessionLimits{}, [&](std::vector<uint8_t>&& b) { replies.push_back(std::move(b)); });
+  bool blocked = false;
+  s.set_output_gate([&] { return blocked; });
+  std::vector<uint8_t> in;
+  auto add = [&](Fcall f, uint16_t tag) {
+    f.tag = tag;
+    auto b = encode(f, Dialect::P9_2000L);
+    in.insert(in.end(), b.begin(), b.end());
+  };
+  add(tversion(8192, "9P2000.L"), kNoTag);
+  add(tattach(1, ""), 1);
+  REQUIRE(s.feed(in));
+  REQUIRE(replies.size() == 1);  // one batch: Rversion + Rattach
+  in.clear();
+  for (uint16_t t = 10; t < 20; t++) {
+    Fcall g;
+    g.type = Tgetattr;
+    g.fid = 1;
+    g.request_mask = kGetattrBasic;
+    add(g, t);
+  }
+  blocked = true;
+  REQUIRE(s.feed(in));
+  CHECK(s.paused());
+  CHECK(replies.size() == 1);  // nothing processed while the gate is closed
+  REQUIRE(s.feed(in));         // more input while paused is buffered, not processed
+  CHECK(replies.size() == 1);
+  blocked = false;
+  REQUIRE(s.resume());
+  CHECK(!s.paused());
+  size_t total = 0;
+  for (size_t i = 1; i < replies.size(); i++) {
+    Bytes b(replies[i]);
+    while (!b.empty()) {
+      uint32_t n = load_le32(b.data());
+      CHECK(b[4] == Rgetattr);
+      b = b.subspan(n);
+      total++;
+    }
+  }
+  CHECK(total == 20);
+}
