@@ -76,7 +76,7 @@ class Sizer {
   bool u32(uint32_t) { return n += 4, true; }
   bool u64(uint64_t) { return n += 8, true; }
   bool opt_u32(uint32_t v) { return u32(v); }
-  bool str(const std::string& s) { return n += 2 + s.size(), true; }
+  bool str(const std::string& s) { return n += 2 + std::min<size_t>(s.size(), 0xffff), true; }
   bool qid(const Qid&) { return n += 13, true; }
   bool data(Bytes d) { return n += 4 + d.size(), true; }
   bool wnames(const std::vector<std::string>& v) {
@@ -97,9 +97,10 @@ class Writer {
   bool u32(uint32_t v) { return w_.u32(v), true; }
   bool u64(uint64_t v) { return w_.u64(v), true; }
   bool opt_u32(uint32_t v) { return u32(v); }
-  bool str(const std::string& s) {
-    w_.u16(uint16_t(s.size()));
-    w_.bytes(as_bytes(s));
+  bool str(const std::string& s) {  // a string longer than the length field can say is cut
+    size_t n = std::min<size_t>(s.size(), 0xffff);
+    w_.u16(uint16_t(n));
+    w_.bytes(as_bytes(std::string_view(s).substr(0, n)));
     return true;
   }
   bool qid(const Qid& q) { return w_.u8(q.type), w_.u32(q.version), w_.u64(q.path), true; }

@@ -30,13 +30,15 @@ namespace berth::p9 {
 
 namespace {
 
-constexpr uint32_t kMinMsize = 256;
+constexpr uint32_t kMinMsize = 512;  // a stat of a 255-byte name must fit
 constexpr uint32_t kRreadOverhead = 11;  // size[4] type[1] tag[2] count[4]
 constexpr uint32_t kV9fsMagic = 0x01021997;
 constexpr uint8_t kDtDir = 4, kDtReg = 8;
 
+constexpr size_t kMaxName = 255;  // NAME_MAX
+
 bool valid_name(std::string_view n) {
-  return !n.empty() && n != "." && n != ".." && n.find('/') == std::string_view::npos &&
+  return !n.empty() && n.size() <= kMaxName && n != "." && n != ".." && n.find('/') == std::string_view::npos &&
          n.find('\0') == std::string_view::npos;
 }
 
@@ -150,7 +152,14 @@ void Session::flush_out() {
 }
 
 void Session::reply(const Fcall& r) {
+  size_t start = out_.size();
   emit(r, dialect_, out_);
+  if (out_.size() - start > msize_ && r.type != Rversion) {
+    // Never send more than the client can take (a stat of a long name in a
+    // small msize): the request fails instead.
+    out_.resize(start);
+    return reply_error(r.tag, EMSGSIZE, "reply larger than msize");
+  }
   if (!in_feed_) flush_out();
 }
 
@@ -166,6 +175,10 @@ void Session::reply_error(uint16_t tag, int code, std::string_view msg) {
     r.type = Rerror;
     r.ename = msg.empty() ? std::string(strerror(code)) : std::string(msg);
     r.ecode = uint32_t(code);
+    // The message may quote client text (a walk name): keep the reply
+    // within msize. Rerror is size[4] type[1] tag[2] ename[s] (errno[4]).
+    size_t room = msize_ - kHeaderSize - 2 - (dialect_ == Dialect::P9_2000u ? 4 : 0);
+    if (r.ename.size() > room) r.ename.resize(room);
   }
   reply(r);
 }
@@ -176,9 +189,18 @@ bool Session::handle(Bytes frame) {
   if (!pr.ok) {
     switch (pr.error) {
       case ParseError::UnknownType:
-        // Well-framed but not a message we implement: a clean refusal.
-        stats_.requests[req.type]++;
+        // Well-framed but not a request we implement: a clean refusal,
+        // unless it breaks the rules every request must keep.
         if (!versioned_) break;
+        if (req.type % 2 != 0) {
+          drop(ProtoDrop::Malformed, fmt::format("unexpected message type {}", req.type));
+          return false;
+        }
+        if (parked_.count(req.tag)) {
+          drop(ProtoDrop::TagInUse, fmt::format("tag {} is outstanding", req.tag));
+          return false;
+        }
+        stats_.requests[req.type]++;
         reply_error(req.tag, EOPNOTSUPP, fmt::format("{} not supported", msg_name(req.type)));
         return true;
       case ParseError::TooManyElements:
@@ -433,6 +455,7 @@ void Session::t_create(Fcall& req, std::string_view name, uint32_t perm, Access 
   if (!f) return reply_error(req.tag, EBADF, "unknown fid");
   NodePtr dir = f->node();
   if (!dir->is_dir()) return reply_error(req.tag, ENOTDIR, "not a directory");
+  if (name.size() > kMaxName) return reply_error(req.tag, ENAMETOOLONG, "name longer than 255 bytes");
   if (!valid_name(name)) return reply_error(req.tag, EINVAL, "invalid name");
   if (!(dir->perm() & 0200)) return reply_error(req.tag, EACCES, "directory is read-only: " + dir->name());
   if (req.type != Tmkdir && f->file) return reply_error(req.tag, EBADF, "fid already open");

@@ -373,14 +373,14 @@ TEST_CASE("an unknown version is answered 'unknown' and the session stays unvers
   CHECK(rig.dropped(ProtoDrop::NoVersion) == 1);
 }
 
-TEST_CASE("a Tversion msize below 256 is refused with 'unknown'", "[session][version]") {
+TEST_CASE("a Tversion msize below 512 is refused with 'unknown'", "[session][version]") {
   Rig rig;
   Conn c(rig);
-  Fcall r = c.rpc(tversion(128, "9P2000.L"));
+  Fcall r = c.rpc(tversion(511, "9P2000.L"));
   CHECK(r.version == "unknown");
-  Fcall ok = c.rpc(tversion(256, "9P2000.L"));
+  Fcall ok = c.rpc(tversion(512, "9P2000.L"));
   CHECK(ok.version == "9P2000.L");
-  CHECK(ok.msize == 256);
+  CHECK(ok.msize == 512);
 }
 
 TEST_CASE("a second Tversion clunks every fid", "[session][version]") {
