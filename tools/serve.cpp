@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <random>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -11,6 +12,15 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "net/host/driver.h"
+#include "net/host/uv_dgram_host.h"
+#include "net/host/uv_tcp_host.h"
+#include "net/icmp.h"
+#include "net/link/links.h"
+#include "net/ninep_service.h"
+#include "net/tcp.h"
+#include "net/tree.h"
+#include "net/udp.h"
 #include "server9p/base.h"
 #include "server9p/transport.h"
 #include "tools/serve.h"
@@ -27,12 +37,21 @@ namespace {
 
 void serve_usage(FILE* to) {
   std::fprintf(to,
-               "usage: berth serve [--9p unix:PATH|tcp:HOST:PORT]... [--state-dir DIR] [--log-level L]\n\n"
-               "Serve Berth's control tree over 9P2000.L (also 9P2000.u and 9P2000).\n\n"
+               "usage: berth serve [--9p unix:PATH|tcp:HOST:PORT]... [--link SPEC]... [--subnet CIDR] [--mtu N]\n"
+               "                   [--host-loopback allow|deny] [--state-dir DIR] [--log-level L]\n\n"
+               "Serve Berth's control tree over 9P2000.L (also 9P2000.u and 9P2000), and translate\n"
+               "the guests' network traffic on the links into host socket calls.\n\n"
                "  --9p ADDR        listen on ADDR; repeatable. Default: unix:%s\n"
                "                   tcp:HOST:PORT listens where told; use 127.0.0.1 to stay local.\n"
                "                   Port 0 picks a free port. Each bound address is printed as\n"
                "                   'berth: listening on ADDR'.\n"
+               "  --link SPEC      a guest link, repeatable: tap:IFNAME[@NETNS] (a TAP device, in a\n"
+               "                   network namespace from `ip netns add`), qemu:PATH (QEMU -netdev\n"
+               "                   stream), vfkit:PATH (unix datagrams), vmnet:PATH (VPNKit protocol)\n"
+               "  --subnet CIDR    guest subnet (default 192.168.65.0/24: gateway .1, host alias .2)\n"
+               "  --mtu N          link MTU, 576..65520 (default 1500)\n"
+               "  --host-loopback allow|deny\n"
+               "                   whether the host alias reaches the host's 127.0.0.1 (default allow)\n"
                "  --state-dir DIR  where persistent state is kept (created if missing)\n"
                "  --log-level L    trace, debug, info (default), warn, error, off\n",
                default_socket_path().c_str());
@@ -41,8 +60,9 @@ void serve_usage(FILE* to) {
 }  // namespace
 
 int serve_main(int argc, char** argv) {
-  std::vector<std::string> addrs;
+  std::vector<std::string> addrs, link_specs;
   std::string log_level = "info", state_dir;
+  net::NetConfig net_cfg;
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     auto need = [&](const char* what) -> const char* {
@@ -59,6 +79,30 @@ int serve_main(int argc, char** argv) {
       addrs.emplace_back(need("--9p"));
     } else if (a == "--log-level") {
       log_level = need("--log-level");
+    } else if (a == "--link") {
+      link_specs.emplace_back(need("--link"));
+    } else if (a == "--subnet") {
+      if (auto r = net_cfg.set_subnet(need("--subnet")); !r) {
+        std::fprintf(stderr, "berth serve: %s\n", r.error().message.c_str());
+        return 2;
+      }
+    } else if (a == "--mtu") {
+      const char* v = need("--mtu");
+      char* end = nullptr;
+      unsigned long m = std::strtoul(v, &end, 10);
+      auto r = (*v && end && !*end) ? net_cfg.set_mtu(uint32_t(std::min(m, 1ul << 20)))
+                                    : Result<void>(make_error(EINVAL, std::string("bad MTU '") + v + "'"));
+      if (!r) {
+        std::fprintf(stderr, "berth serve: %s\n", r.error().message.c_str());
+        return 2;
+      }
+    } else if (a == "--host-loopback") {
+      std::string v = need("--host-loopback");
+      if (v != "allow" && v != "deny") {
+        std::fprintf(stderr, "berth serve: --host-loopback takes allow or deny\n");
+        return 2;
+      }
+      net_cfg.host_loopback = v == "allow";
     } else if (a == "--state-dir") {
       state_dir = need("--state-dir");
     } else {
@@ -89,6 +133,39 @@ int serve_main(int argc, char** argv) {
   metrics.add([&stats](p9::PromWriter& w) { stats.render(w); });
   auto base = p9::mount_base_tree(tree, metrics, clock, std::string("berth ") + BERTH_VERSION);
 
+  // The network translator: switch + IPv4, then TCP, UDP and ICMP
+  // translation to host sockets, and the gateway's 9P service on TCP 564.
+  SystemMonoClock mono;
+  net::Stack stack(net_cfg);
+  net::UvTcpHost tcp_host(loop, mono);
+  net::UvDgramHost dgram_host(loop, mono);
+  std::random_device rd;
+  uint64_t isn_secret = (uint64_t(rd()) << 32) | rd();
+  net::Tcp tcp(stack, tcp_host, mono, isn_secret);
+  tcp.add_service(564, net::NinepService::factory(tree, stats, clock));
+  net::UdpNat udp(stack, dgram_host);
+  net::IcmpEcho icmp(stack, dgram_host);
+  stack.set_handler(net::wire::IpProtocol::Tcp, &tcp);
+  stack.set_handler(net::wire::IpProtocol::Udp, &udp);
+  stack.set_handler(net::wire::IpProtocol::Icmp, &icmp);
+  net::NetDriver driver(loop, stack, mono);
+  net::mount_net_tree(tree, metrics, stack, mono);
+  std::vector<std::unique_ptr<net::FrameLink>> links;
+  for (auto& spec_text : link_specs) {
+    auto spec = net::parse_link_spec(spec_text);
+    auto link = spec ? net::make_link(loop, *spec, net_cfg.mtu + 14) : Result<std::unique_ptr<net::FrameLink>>(spec.error());
+    Result<uint32_t> port = link ? driver.attach(link->get()) : Result<uint32_t>(link.error());
+    if (!port) {
+      std::fprintf(stderr, "berth serve: --link %s: %s\n", spec_text.c_str(), port.error().message.c_str());
+      if (link) (*link)->close();
+      driver.close();
+      uv_run(loop, UV_RUN_NOWAIT);
+      return 1;
+    }
+    std::printf("berth: link %u is %s %s\n", *port, (*link)->type().c_str(), (*link)->peer().c_str());
+    links.push_back(std::move(link.value()));
+  }
+
   p9::Server server(loop, tree, stats, clock);
   for (auto& a : addrs) {
     auto bound = server.listen(a);
@@ -108,11 +185,15 @@ int serve_main(int argc, char** argv) {
   struct Stop {
     p9::Server* server;
     uv_signal_t* sigs[2];
-  } stop{&server, {&sigint, &sigterm}};
+    std::vector<std::unique_ptr<net::FrameLink>>* links;
+    net::NetDriver* driver;
+  } stop{&server, {&sigint, &sigterm}, &links, &driver};
   auto on_signal = [](uv_signal_t* h, int signum) {
     auto* s = static_cast<Stop*>(h->data);
     spdlog::info("caught signal {}, shutting down", signum);
     s->server->close();
+    for (auto& l : *s->links) l->close();
+    s->driver->close();
     for (auto* sig : s->sigs) uv_close(reinterpret_cast<uv_handle_t*>(sig), nullptr);
   };
   for (auto [h, sig] : {std::pair{&sigint, SIGINT}, std::pair{&sigterm, SIGTERM}}) {
@@ -121,7 +202,6 @@ int serve_main(int argc, char** argv) {
     uv_signal_start(h, on_signal, sig);
   }
   uv_run(loop, UV_RUN_DEFAULT);
-  uv_loop_close(loop);
   spdlog::info("stopped");
   return 0;
 }

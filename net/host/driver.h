@@ -1,7 +1,7 @@
 // Runs a Stack on a libuv loop: delivers frames from links, and keeps one
 // timer armed for the earliest of the stack's and handlers' deadlines.
-// Call kick() after anything that may have changed a deadline (host socket
-// events do this through the handlers' own adapters).
+// The timer is re-armed after every loop iteration (a uv_check handle), so
+// host socket events that change a deadline need no special care.
 #pragma once
 
 #include <uv.h>
@@ -26,10 +26,12 @@ class NetDriver {
 
  private:
   static void on_timer(uv_timer_t* t);
+  static void on_check(uv_check_t* c);
   uv_loop_t* loop_;
   Stack& stack_;
   const MonoClock& clock_;
   uv_timer_t* timer_;
+  uv_check_t* check_;
 };
 
 }  // namespace berth::net
