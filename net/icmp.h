@@ -63,6 +63,7 @@ class IcmpEcho final : public L4Handler, private DgramSink {
   // flow: ID is the guest's echo identifier, HOSTID the host's (0 until the
   // first reply shows it); bytes are ICMP message bytes.
   void describe_flows(std::string& out, Instant now) const override;
+  void describe_stats(std::string& out) const override { out += stats().render(); }
 
   size_t flow_count() const { return flows_.size(); }
   const IcmpStats& stats() const { return stats_; }

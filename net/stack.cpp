@@ -421,10 +421,11 @@ std::string Stack::render_link(uint32_t i) const {
   const LinkStats& s = p.link->stats();
   return fmt::format(
       "type {}\npeer {}\nmac {}\nip {}\nmax_frame {}\nrx_frames {}\nrx_bytes {}\ntx_frames {}\ntx_bytes {}\n"
-      "rx_dropped_oversize {}\nrx_dropped_runt {}\ntx_dropped_full {}\ntx_dropped_no_peer {}\ndisconnects {}\n",
+      "rx_dropped_oversize {}\nrx_dropped_runt {}\ntx_dropped_full {}\ntx_dropped_no_peer {}\ntx_dropped_invalid {}\n"
+      "disconnects {}\npeers_refused {}\n",
       p.link->type(), p.link->peer(), p.mac ? p.mac->to_string() : "-", p.ip ? p.ip->to_string() : "-",
       p.link->max_frame(), s.rx_frames, s.rx_bytes, s.tx_frames, s.tx_bytes, s.rx_dropped_oversize,
-      s.rx_dropped_runt, s.tx_dropped_full, s.tx_dropped_no_peer, s.disconnects);
+      s.rx_dropped_runt, s.tx_dropped_full, s.tx_dropped_no_peer, s.tx_dropped_invalid, s.disconnects, s.peers_refused);
 }
 
 std::string Stack::render_links() const {
@@ -434,6 +435,13 @@ std::string Stack::render_links() const {
     out += fmt::format("{} {} {} {} {}\n", i, p.link->type(), p.link->peer(), p.mac ? p.mac->to_string() : "-",
                        p.ip ? p.ip->to_string() : "-");
   }
+  return out;
+}
+
+std::string Stack::render_stats() const {
+  std::string out = stats_.render();
+  for (auto* h : handlers_)
+    if (h) h->describe_stats(out);
   return out;
 }
 

@@ -105,6 +105,8 @@ class L4Handler {
   virtual std::optional<Instant> poll_at() const { return std::nullopt; }
   // One line per live flow for /net/flows.
   virtual void describe_flows(std::string&, Instant) const {}
+  // "name value" lines of the handler's counters, appended to /net/stats.
+  virtual void describe_stats(std::string&) const {}
 };
 
 class Stack final : public GuestTx {
@@ -132,6 +134,7 @@ class Stack final : public GuestTx {
   std::string render_links() const;       // summary of every port
   std::string render_link(uint32_t port) const;
   std::string render_flows(Instant now) const;
+  std::string render_stats() const;  // /net/stats: the switch's counters and every handler's
   size_t port_count() const { return ports_.size(); }
 
   struct Port {

@@ -166,6 +166,7 @@ class Tcp final : public L4Handler, private TcpHostSink {
   void poll(Instant now) override;
   std::optional<Instant> poll_at() const override;
   void describe_flows(std::string& out, Instant now) const override;
+  void describe_stats(std::string& out) const override { out += stats().render(); }
 
   size_t flow_count() const { return by_key_.size(); }
   const TcpStats& stats() const { return stats_; }

@@ -12,7 +12,7 @@ void mount_net_tree(p9::Tree& tree, p9::MetricsRegistry& metrics, const Stack& s
   net->add(std::make_shared<p9::StateFile>("config", "subnet, gateway, host alias, MTU, limits",
                                            [s] { return s->config().render(); }));
   net->add(std::make_shared<p9::StateFile>("stats", "frames, bytes, drops by reason, limit hits",
-                                           [s] { return s->stats().render(); }));
+                                           [s] { return s->render_stats(); }));
   net->add(std::make_shared<p9::StateFile>(
       "flows", "one line per live flow: proto, guest end, host end, state, bytes, age",
       [s, c] { return s->render_flows(c->now()); }));

@@ -229,6 +229,7 @@ class UdpNat final : public L4Handler, private DgramSink {
   // flow; tx counts payload bytes guest->host, rx host->guest; age is since
   // the flow was opened.
   void describe_flows(std::string& out, Instant now) const override;
+  void describe_stats(std::string& out) const override { out += stats().render(); }
 
   size_t flow_count() const { return flows_.size(); }
   const UdpStats& stats() const { return stats_; }

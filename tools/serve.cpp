@@ -2,7 +2,10 @@
 #include <spdlog/spdlog.h>
 #include <uv.h>
 
+#include <sys/resource.h>
+
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <cstdio>
@@ -123,6 +126,14 @@ int serve_main(int argc, char** argv) {
       std::fprintf(stderr, "berth serve: cannot create state dir %s: %s\n", state_dir.c_str(), ec.message().c_str());
       return 1;
     }
+  }
+
+  // Every translated flow holds a host socket: take the whole file limit
+  // we are allowed (the flow tables are bounded well below it).
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) spdlog::warn("cannot raise the open-file limit: {}", strerror(errno));
   }
 
   uv_loop_t* loop = uv_default_loop();

@@ -2,8 +2,9 @@
 # Build (and cache) a small Linux guest for Berth's real-peer tests:
 #   - Debian's generic 6.1 kernel (linux-image-6.1.0-N-amd64, fetched with
 #     `apt-get download` and unpacked with `dpkg -x`; the cloud kernel lacks 9p)
-#   - a busybox-static initramfs whose /init brings up virtio-net for QEMU's
-#     `-netdev user` and runs a test chosen on the kernel command line.
+#   - a busybox-static initramfs whose /init brings up virtio-net (QEMU's
+#     `-netdev user`, or berth's qemu link with `-netdev stream`; static
+#     addressing) and runs a test chosen on the kernel command line.
 #
 # Usage: scripts/guest/build-guest.sh [--force]
 #
@@ -20,15 +21,33 @@
 # packages or fetch the kernel), anything else is a real error.
 #
 # Guest kernel command line understood by /init:
-#   berth.test=9p|boot   test to run (default 9p)
+#   berth.test=9p|net|boot  test to run (default 9p)
 #   berth.port=N         9P server port on the host (default 564)
 #   berth.host=A.B.C.D   9P server address (default 10.0.2.2, the host under -netdev user)
 #   berth.watchdog=S     guest-side timeout in seconds (default 150)
 #   berth.aname=PATH     9P attach name (default none, i.e. the server's root)
+#   berth.ip=A.B.C.D/N   eth0's address (default 10.0.2.15/24; 192.168.65.3/24 for net)
+#   berth.gw=A.B.C.D     default route (default 10.0.2.2; 192.168.65.1 for net)
+# The net test (guest of `berth serve --link qemu:PATH`, static addressing) also reads:
+#   berth.alias=A.B.C.D  the host alias (default 192.168.65.2, the host's 127.0.0.1)
+#   berth.http=PORT      HTTP server on the host alias serving berth.file
+#   berth.file=NAME      file to fetch (default big)
+#   berth.sha=HEX        its expected sha256 (required)
+#   berth.sink=PORT      TCP sink on the host alias: reads to EOF, answers "SHA256 BYTES"
+#   berth.udp=PORT       UDP echo on the host alias, DNS-shaped: a TXT query for NAME
+#                        is answered with the text "echo NAME" (busybox has no nc -u,
+#                        so the guest sends with `nslookup -type=txt NAME ALIAS:PORT`)
+#   berth.token=WORD     word put in the UDP query name (default berth)
+#   berth.closed=PORT    a port on the host alias with no listener (must be refused)
+#   berth.gport=N        port of the control tree on the gateway (default 564)
 # Console markers (all start with "BERTH-GUEST: "):
-#   init started, modules loaded, net up, mount ok, ls ok, version ok: ...,
-#   readme ok ..., readonly write refused: <shell message>, reread ok,
-#   umount ok, PASS | FAIL <reason>
+#   all tests: init started, modules loaded, net up, PASS | FAIL <reason>
+#   9p: mount ok, ls ok, version ok: ..., readme ok ..., readonly write
+#       refused: <shell message>, reread ok, umount ok
+#   net: ok|not ok <check>: <detail>, one line per check: ping gateway,
+#       ping host alias, wget, upload, udp echo, refused, 9p mount, net/config,
+#       net/flows, links, readonly write refused; then umount ok. Each failed
+#       check is reported and the test goes on; FAIL names the failed checks.
 set -euo pipefail
 
 SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
@@ -227,7 +246,8 @@ pass() { say "PASS (uptime $(up)s)"; finish; }
 
 say "init started (uptime $(up)s)"
 
-TEST=9p PORT=564 HOST=10.0.2.2 WATCHDOG=150 ANAME=
+TEST=9p PORT=564 HOST=10.0.2.2 WATCHDOG=150 ANAME='' IP='' GW=''
+ALIAS=192.168.65.2 HTTP='' FILE=big SHA='' SINK='' UDP='' TOKEN=berth CLOSED='' GPORT=564
 for w in $(cat /proc/cmdline); do
   case "$w" in
     berth.test=*) TEST=${w#*=} ;;
@@ -235,8 +255,24 @@ for w in $(cat /proc/cmdline); do
     berth.host=*) HOST=${w#*=} ;;
     berth.watchdog=*) WATCHDOG=${w#*=} ;;
     berth.aname=*) ANAME=${w#*=} ;;
+    berth.ip=*) IP=${w#*=} ;;
+    berth.gw=*) GW=${w#*=} ;;
+    berth.alias=*) ALIAS=${w#*=} ;;
+    berth.http=*) HTTP=${w#*=} ;;
+    berth.file=*) FILE=${w#*=} ;;
+    berth.sha=*) SHA=${w#*=} ;;
+    berth.sink=*) SINK=${w#*=} ;;
+    berth.udp=*) UDP=${w#*=} ;;
+    berth.token=*) TOKEN=${w#*=} ;;
+    berth.closed=*) CLOSED=${w#*=} ;;
+    berth.gport=*) GPORT=${w#*=} ;;
   esac
 done
+if [ "$TEST" = net ]; then
+  : "${IP:=192.168.65.3/24}" "${GW:=192.168.65.1}"
+else
+  : "${IP:=10.0.2.15/24}" "${GW:=10.0.2.2}"
+fi
 ( sleep "$WATCHDOG"; say "FAIL guest watchdog: no result after ${WATCHDOG}s"; poweroff -f ) &
 
 while read -r ko; do
@@ -253,9 +289,9 @@ while [ ! -e /sys/class/net/eth0 ]; do
 done
 ip link set lo up
 ip link set eth0 up || fail "ip link set eth0 up"
-ip addr add 10.0.2.15/24 dev eth0 || fail "ip addr add"
-ip route add default via 10.0.2.2 || fail "ip route add"
-say "net up: eth0 10.0.2.15/24 gw 10.0.2.2 (uptime $(up)s)"
+ip addr add "$IP" dev eth0 || fail "ip addr add $IP"
+ip route add default via "$GW" || fail "ip route add default via $GW"
+say "net up: eth0 $IP gw $GW (uptime $(up)s)"
 
 test_9p() {
   opts="trans=tcp,port=$PORT,version=9p2000.L${ANAME:+,aname=$ANAME}"
@@ -297,8 +333,130 @@ test_9p() {
   say "umount ok"
 }
 
+# ---- net: the guest of `berth serve --link qemu:PATH` -----------------------
+NOTOK=
+ok() { say "ok $*"; }
+notok() { c=$1; shift; say "not ok $c: $*"; NOTOK="${NOTOK:+$NOTOK, }$c"; }
+since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }'; }
+# Prefix each line of stdin so that it can be told apart in the console log.
+show() { awk -v p="$1" '{ print "BERTH-GUEST| " p ": " $0 }'; }
+
+test_net() {
+  for v in HTTP SHA SINK UDP CLOSED; do
+    eval "[ -n \"\$$v\" ]" || fail "net test needs berth.$(echo $v | tr A-Z a-z)="
+  done
+
+  for t in "gateway $GW" "host alias $ALIAS"; do
+    name=${t% *} addr=${t##* }
+    if out=$(ping -c 2 -W 5 "$addr" 2>&1); then
+      ok "ping $name: $addr: $(echo "$out" | grep 'packets transmitted')"
+    else
+      echo "$out" | show ping; notok "ping $name" "$addr: $(echo "$out" | grep 'packets transmitted' || echo "$out" | tail -n1)"
+    fi
+  done
+
+  url="http://$ALIAS:$HTTP/$FILE"
+  say "wget start: $url (uptime $(up)s)"
+  t0=$(up)
+  if err=$(timeout 200 wget -q -O /tmp/file "$url" 2>&1); then
+    secs=$(since "$t0")
+    n=$(wc -c </tmp/file)
+    got=$(sha256sum /tmp/file | cut -d' ' -f1)
+    rate=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.1f", (s > 0 ? n / s / 1048576 : 0) }')
+    if [ "$got" = "$SHA" ]; then
+      ok "wget: $n bytes in ${secs}s (${rate} MiB/s), sha256 $got"
+    else
+      notok wget "$n bytes in ${secs}s, sha256 $got, want $SHA"
+    fi
+  else
+    notok wget "$url failed after $(since "$t0")s: $(echo "$err" | tail -n1)"
+  fi
+
+  if [ -s /tmp/file ]; then
+    say "upload start: nc $ALIAS $SINK < $(wc -c </tmp/file)-byte file (uptime $(up)s)"
+    t0=$(up)
+    reply=$(timeout 200 nc "$ALIAS" "$SINK" </tmp/file 2>&1)
+    secs=$(since "$t0")
+    want="$(sha256sum /tmp/file | cut -d' ' -f1) $(wc -c </tmp/file)"
+    if [ "$reply" = "$want" ]; then
+      ok "upload: sink got sha256 and size $reply in ${secs}s"
+    else
+      notok upload "sink replied '$(echo $reply)' after ${secs}s, want '$want'"
+    fi
+  else
+    notok upload "nothing to send (the download failed)"
+  fi
+  rm -f /tmp/file
+
+  qname="berth-udp-echo-$TOKEN.0123456789abcdefghijklmnopqrstuvwxyz.berth.test"
+  t0=$(up)
+  out=$(timeout 30 nslookup -type=txt "$qname" "$ALIAS:$UDP" 2>&1)
+  if echo "$out" | grep -qF "\"echo $qname\""; then
+    ok "udp echo: $ALIAS:$UDP echoed $qname in $(since "$t0")s"
+  else
+    echo "$out" | show nslookup; notok "udp echo" "no echo of $qname from $ALIAS:$UDP after $(since "$t0")s"
+  fi
+
+  t0=$(up)
+  if out=$(timeout 30 nc -w 10 "$ALIAS" "$CLOSED" </dev/null 2>&1); then
+    notok refused "nc $ALIAS $CLOSED connected (after $(since "$t0")s): $out"
+  else
+    secs=$(since "$t0")
+    out=$(echo "$out" | tail -n1)
+    case "$out" in
+      *"Connection refused"*)
+        if awk -v s="$secs" 'BEGIN { exit !(s < 5) }'; then ok "refused: $out in ${secs}s"
+        else notok refused "took ${secs}s: $out"; fi ;;
+      *) notok refused "nc $ALIAS $CLOSED after ${secs}s: ${out:-<no message>} (want Connection refused)" ;;
+    esac
+  fi
+
+  opts="trans=tcp,port=$GPORT,version=9p2000.L"
+  if err=$(timeout 60 mount -t 9p -o "$opts" "$GW" /mnt 2>&1); then
+    ok "9p mount: $GW port $GPORT"
+    if out=$(cat /mnt/net/config 2>&1); then
+      echo "$out" | show net/config
+      if echo "$out" | grep -q "subnet 192.168.65.0/24"; then ok "net/config: $(echo "$out" | grep subnet | head -n1)"
+      else notok net/config "no 'subnet 192.168.65.0/24' line"; fi
+    else
+      notok net/config "cat: $out"
+    fi
+    if out=$(cat /mnt/net/flows 2>&1); then
+      echo "$out" | show net/flows
+      ok "net/flows: $(echo -n "$out" | grep -c '') line(s)"
+    else
+      notok net/flows "cat: $out"
+    fi
+    if out=$(ls /mnt/links 2>&1); then
+      if echo "$out" | grep -qx 0; then
+        l0=$(cat /mnt/links/0 2>&1); echo "$l0" | show links/0
+        ok "links: $(echo $out); 0: $(echo "$l0" | grep -E '^(type|ip) ' | tr '\n' ' ')"
+      else
+        notok links "ls /mnt/links: no 0: $(echo $out)"
+      fi
+    else
+      notok links "ls: $out"
+    fi
+    if werr=$( (echo x >/mnt/debug/version) 2>&1 ); then
+      notok "readonly write refused" "'echo x > /mnt/debug/version' was accepted"
+    else
+      werr=$(echo "$werr" | head -n1)
+      case "$werr" in
+        *"Permission denied"*) ok "readonly write refused: $werr" ;;
+        *) notok "readonly write refused" "unexpected error (want Permission denied): ${werr:-<no message>}" ;;
+      esac
+    fi
+    if err=$(umount /mnt 2>&1); then say "umount ok"; else notok umount "$err"; fi
+  else
+    notok "9p mount" "mount -t 9p -o $opts $GW /mnt: $err"
+  fi
+
+  [ -z "$NOTOK" ] || fail "net checks failed: $NOTOK"
+}
+
 case "$TEST" in
   9p) test_9p ;;
+  net) test_net ;;
   boot) ;;
   *) fail "unknown berth.test=$TEST" ;;
 esac
