@@ -189,6 +189,7 @@ class Tcp final : public L4Handler, private TcpHostSink {
   // One translated connection. Sequence numbers are the guest half's: rcv_*
   // for what the guest sends, snd_* for what we send it (RFC 9293 §3.3.1).
   struct Flow {
+    Flow() {}  // user-provided: clang 14 otherwise misjudges is_constructible for optional<Flow>
     TcpFlowId id;
     TcpState state = TcpState::Closed;
     Key key{};
