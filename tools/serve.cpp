@@ -205,6 +205,9 @@ int serve_main(int argc, char** argv) {
     s->server->close();
     for (auto& l : *s->links) l->close();
     s->driver->close();
+    // Host sockets of live flows would keep the loop alive: stop it; the
+    // translators close their sockets as they are destroyed.
+    uv_stop(h->loop);
     for (auto* sig : s->sigs) uv_close(reinterpret_cast<uv_handle_t*>(sig), nullptr);
   };
   for (auto [h, sig] : {std::pair{&sigint, SIGINT}, std::pair{&sigterm, SIGTERM}}) {

@@ -169,6 +169,32 @@ PIDS+=("$ECHO_PID")
 good=$(T=180 N bash -c "ulimit -n 4096; python3 $TMP/many.py $EPORT 1000" 2>&1 | tail -1) || true
 if [ "$good" = "1000" ]; then ok "1000 concurrent connections echoed"; else fail "1000 connections: $good"; fi
 
+# --- a SYN flood from raw sockets: survived and counted -------------------------
+cat >"$TMP/synflood.py" <<'PY'
+import random, socket, struct, sys
+port = int(sys.argv[1])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+src, dst = socket.inet_aton("192.168.65.3"), socket.inet_aton("192.168.65.2")
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+for i in range(5000):
+    sport = 20000 + i
+    t = struct.pack("!HHIIBBHHH", sport, port, random.getrandbits(32), 0, 5 << 4, 0x02, 65535, 0, 0)
+    c = csum(src + dst + struct.pack("!BBH", 0, 6, len(t)) + t)
+    s.sendto(t[:16] + struct.pack("!H", c) + t[18:], ("192.168.65.2", 0))
+PY
+opened_before=$(CTL cat /net/stats | awk '$1 == "tcp_opened" {print $2}')
+N python3 "$TMP/synflood.py" "$EPORT" || fail "SYN flood sender failed"
+sleep 2
+opened_after=$(CTL cat /net/stats | awk '$1 == "tcp_opened" {print $2}')
+kill -0 "$SERVER" 2>/dev/null && ok "SYN flood of 5000: server alive, tcp_opened ${opened_before:-?} -> ${opened_after:-?}" \
+  || fail "server died under a SYN flood"
+good=$(T=60 N python3 "$TMP/many.py" "$EPORT" 50 2>&1 | tail -1) || true
+[ "$good" = "50" ] && ok "connections work after the SYN flood" || fail "after the SYN flood: $good"
+
 # --- refused port ------------------------------------------------------------------
 cat >"$TMP/refused.py" <<'PY'
 import socket, sys
