@@ -349,8 +349,11 @@ void UvTcpHost::handle(Conn& c, int status, int events) {
     sink->on_host_readable(cookie, now);
     Conn* k = get(id);
     if (!k) return;
-    if (k->want_read && !k->progressed && !k->dead) {
-      k->stalled = true;  // nothing new: wait for consume() or fresh interest
+    // Nothing new: wait for consume() or fresh interest. Only when bytes
+    // are in flight, though: a stale event after everything was consumed
+    // would otherwise stop polling with no consume() ever coming.
+    if (k->want_read && !k->progressed && !k->dead && k->peeked_end > 0) {
+      k->stalled = true;
       update_poll(*k);
     }
   }
