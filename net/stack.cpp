@@ -314,14 +314,19 @@ bool Stack::can_send(Ipv4Addr dst) const {
 
 bool Stack::send_ipv4(Ipv4Addr src, Ipv4Addr dst, IpProtocol proto, size_t l4_len, Fill fill) {
   if (l4_len > 65535 - kIpLen) return false;
-  std::vector<uint32_t> targets;
-  if (dst.is_broadcast() || dst == cfg_.subnet.broadcast()) {
-    for (uint32_t i = 0; i < ports_.size(); i++)
-      if (ports_[i].mac) targets.push_back(i);
+  // One guest, or every guest with a known MAC for a broadcast; no
+  // allocation on this path.
+  const bool bcast = dst.is_broadcast() || dst == cfg_.subnet.broadcast();
+  uint32_t first = 0, last = 0;  // ports [first, last) are candidates
+  if (bcast) {
+    last = uint32_t(ports_.size());
   } else if (auto port = port_for_ip(dst); port && ports_[*port].mac) {
-    targets.push_back(*port);
+    first = *port;
+    last = *port + 1;
   }
-  if (targets.empty()) {
+  bool any = false;
+  for (uint32_t i = first; i < last; i++) any = any || ports_[i].mac.has_value();
+  if (!any) {
     stats_.tx_no_arp++;
     return false;
   }
@@ -338,8 +343,9 @@ bool Stack::send_ipv4(Ipv4Addr src, Ipv4Addr dst, IpProtocol proto, size_t l4_le
   fill(frame.subspan(kEthLen + kIpLen, l4_len), PseudoHeader::v4(src, dst));
 
   bool ok = true;
-  for (uint32_t port : targets) {
-    MacAddr mac = dst.is_broadcast() || dst == cfg_.subnet.broadcast() ? MacAddr::broadcast() : *ports_[port].mac;
+  for (uint32_t port = first; port < last; port++) {
+    if (!ports_[port].mac) continue;
+    MacAddr mac = bcast ? MacAddr::broadcast() : *ports_[port].mac;
     EthernetRepr{cfg_.gateway_mac, mac, EtherType::Ipv4}.emit(frame);
     if (total <= cfg_.mtu) {
       ip.emit(frame.subspan(kEthLen));
@@ -348,7 +354,8 @@ bool Stack::send_ipv4(Ipv4Addr src, Ipv4Addr dst, IpProtocol proto, size_t l4_le
     }
     // RFC 791 §2.3: fragment into pieces of the MTU, 8-byte aligned.
     size_t chunk = (cfg_.mtu - kIpLen) & ~size_t(7);
-    std::vector<uint8_t> frag(kEthLen + kIpLen + chunk);
+    std::vector<uint8_t>& frag = frag_;  // reused scratch: no allocation per datagram
+    frag.resize(kEthLen + kIpLen + chunk);
     std::copy_n(frame.begin(), kEthLen, frag.begin());
     for (size_t off = 0; off < l4_len; off += chunk) {
       size_t n = std::min(chunk, l4_len - off);

@@ -172,7 +172,8 @@ class Stack final : public GuestTx {
   std::vector<Port> ports_;
   std::array<L4Handler*, 256> handlers_{};
   std::map<FragKey, Fragments> frags_;
-  std::vector<uint8_t> tx_;  // scratch for outgoing frames
+  std::vector<uint8_t> tx_;    // scratch for outgoing frames
+  std::vector<uint8_t> frag_;  // scratch for fragments of an oversized datagram
   uint16_t next_ident_ = 1;
 };
 
