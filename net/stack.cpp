@@ -312,6 +312,11 @@ bool Stack::can_send(Ipv4Addr dst) const {
   return port && ports_[*port].link->writable();
 }
 
+bool Stack::has_guest(Ipv4Addr dst) const {
+  auto port = port_for_ip(dst);
+  return port && ports_[*port].mac.has_value();
+}
+
 bool Stack::send_ipv4(Ipv4Addr src, Ipv4Addr dst, IpProtocol proto, size_t l4_len, Fill fill) {
   if (l4_len > 65535 - kIpLen) return false;
   // One guest, or every guest with a known MAC for a broadcast; no

@@ -91,6 +91,8 @@ class GuestTx {
   virtual void send_icmp_error(Bytes offending, wire::Icmpv4Type type, uint8_t code, uint16_t mtu = 0) = 0;
   // Whether a frame toward `dst` would be queued now (backpressure).
   virtual bool can_send(wire::Ipv4Addr dst) const = 0;
+  // Whether a guest with address `dst` is known (its port and MAC learned).
+  virtual bool has_guest(wire::Ipv4Addr dst) const { return can_send(dst); }
   virtual const NetConfig& config() const = 0;
   virtual void count_drop(Drop d) = 0;
 };
@@ -127,6 +129,7 @@ class Stack final : public GuestTx {
   bool send_ipv4(wire::Ipv4Addr src, wire::Ipv4Addr dst, wire::IpProtocol proto, size_t l4_len, Fill fill) override;
   void send_icmp_error(Bytes offending, wire::Icmpv4Type type, uint8_t code, uint16_t mtu = 0) override;
   bool can_send(wire::Ipv4Addr dst) const override;
+  bool has_guest(wire::Ipv4Addr dst) const override;
   const NetConfig& config() const override { return cfg_; }
   void count_drop(Drop d) override { stats_.drops[size_t(d)]++; }
 

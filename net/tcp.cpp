@@ -38,6 +38,8 @@
 // when the translator is not in the middle of handling something else.
 #include "net/tcp.h"
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -85,6 +87,7 @@ std::string endpoint(uint32_t ip, uint16_t port) { return fmt::format("{}:{}", I
 const char* tcp_state_name(TcpState s) {
   switch (s) {
     case TcpState::Connecting: return "CONNECTING";
+    case TcpState::SynSent: return "SYN_SENT";
     case TcpState::SynReceived: return "SYN_RECEIVED";
     case TcpState::Established: return "ESTABLISHED";
     case TcpState::FinWait1: return "FIN_WAIT_1";
@@ -102,9 +105,10 @@ std::string TcpStats::render() const {
   return fmt::format(
       "tcp_opened {}\ntcp_refused {}\ntcp_unreachable {}\ntcp_connect_errors {}\ntcp_resets_to_guest {}\n"
       "tcp_resets_from_guest {}\ntcp_retransmits {}\ntcp_fast_retransmits {}\ntcp_window_probes {}\n"
-      "tcp_timeouts {}\ntcp_bytes_to_host {}\ntcp_bytes_to_guest {}\n",
+      "tcp_timeouts {}\ntcp_bytes_to_host {}\ntcp_bytes_to_guest {}\ntcp_forwarded_opened {}\n"
+      "tcp_forwarded_refused {}\n",
       opened, refused, unreachable, connect_errors, resets_to_guest, resets_from_guest, retransmits,
-      fast_retransmits, window_probes, timeouts, data_to_host, data_to_guest);
+      fast_retransmits, window_probes, timeouts, data_to_host, data_to_guest, forwarded_opened, forwarded_refused);
 }
 
 size_t Tcp::KeyHash::operator()(const Key& k) const {
@@ -376,6 +380,7 @@ void Tcp::set_state(Flow& f, TcpState to) {
 }
 
 void Tcp::free_flow(Flow& f, bool reset_host) {
+  if (f.tag && on_tag_closed_) on_tag_closed_(f.tag, f.to_guest, f.to_host);
   if (f.host.valid()) host_of(f).close(f.host, reset_host);
   f.host = {};
   set_state(f, TcpState::Closed);
@@ -485,23 +490,9 @@ void Tcp::on_syn(const GuestPacket& p, const Segment& s, Instant now) {
     return send_reset_for(p, s);
   }
 
-  uint32_t i;
-  if (!free_.empty()) {
-    i = free_.back();
-    free_.pop_back();
-  } else {
-    i = uint32_t(slots_.size());
-    slots_.emplace_back();
-  }
-  Slot& slot = slots_[i];
-  slot.gen++;
-  Flow& f = slot.flow.emplace();
-  f.id = TcpFlowId{i, slot.gen};
-  f.key = Key{p.ip.src.v, p.ip.dst.v, s.r.src_port, port};
-  by_key_.emplace(f.key, i);
+  Flow& f = new_flow(Key{p.ip.src.v, p.ip.dst.v, s.r.src_port, port}, now);
   f.host_ip = *target;
   f.service = service;
-  f.created = now;
 
   // The guest half, from its SYN (RFC 9293 §3.10.7.2).
   f.irs = s.seq();
@@ -538,6 +529,151 @@ void Tcp::on_syn(const GuestPacket& p, const Segment& s, Instant now) {
   rearm(f, now);
 }
 
+Tcp::Flow& Tcp::new_flow(const Key& key, Instant now) {
+  uint32_t i;
+  if (!free_.empty()) {
+    i = free_.back();
+    free_.pop_back();
+  } else {
+    i = uint32_t(slots_.size());
+    slots_.emplace_back();
+  }
+  Slot& slot = slots_[i];
+  slot.gen++;
+  Flow& f = slot.flow.emplace();
+  f.id = TcpFlowId{i, slot.gen};
+  f.key = key;
+  by_key_.emplace(f.key, i);
+  f.created = now;
+  return f;
+}
+
+// ---------------------------------------------------------------------------
+// Port forwards: active opens toward the guest.
+
+Result<TcpFlowId> Tcp::open_to_guest(int fd, Ipv4Addr guest, uint16_t guest_port, uint32_t tag, Instant now) {
+  depth_++;
+  last_now_ = now;
+  struct Exit {
+    Tcp* t;
+    Instant now;
+    ~Exit() { t->after_entry(now); }
+  } exit{this, now};
+  const NetConfig& cfg = tx_.config();
+  auto refuse = [&](int code, std::string why) -> Result<TcpFlowId> {
+    ::close(fd);
+    stats_.forwarded_refused++;
+    return make_error(code, std::move(why));
+  };
+  if (!cfg.subnet.contains(guest) || guest == cfg.gateway || guest == cfg.host_alias || guest_port == 0)
+    return refuse(EINVAL, fmt::format("{}:{} is not a guest address", guest.to_string(), guest_port));
+  if (!tx_.has_guest(guest)) return refuse(EHOSTUNREACH, fmt::format("no guest has {}", guest.to_string()));
+  if (by_key_.size() >= cfg.max_tcp_flows) {
+    tx_.count_drop(Drop::FlowTableFull);
+    return refuse(ENOSPC, fmt::format("TCP flow table full ({})", cfg.max_tcp_flows));
+  }
+  // A source port on the gateway that no flow with this guest end uses.
+  constexpr uint32_t kFirst = 32768, kCount = 61000 - 32768;
+  Key key{guest.v, cfg.gateway.v, guest_port, 0};
+  for (uint32_t tries = 0; tries < kCount; tries++) {
+    key.dst_port = uint16_t(kFirst + next_ephemeral_++ % kCount);
+    if (next_ephemeral_ >= kCount) next_ephemeral_ = 0;
+    if (!by_key_.count(key)) break;
+    key.dst_port = 0;
+  }
+  if (!key.dst_port) return refuse(EADDRNOTAVAIL, "no free source port toward the guest");
+
+  Flow& f = new_flow(key, now);
+  f.host_ip = cfg.gateway;
+  f.tag = tag;
+  uint64_t tuple = (uint64_t(key.guest_ip) << 32 | key.dst_ip) ^ (uint64_t(key.guest_port) << 16 | key.dst_port);
+  f.iss = uint32_t(now.count() / 4000) + uint32_t(mix64(tuple ^ isn_secret_));  // RFC 6528
+  f.snd_una = f.snd_nxt = f.snd_max = f.iss;
+  f.data_una = f.iss + 1;
+  f.rcv_ws = kWindowScale;  // offered; dropped again if the SYN-ACK has no window scale
+  TcpFlowId id = f.id;
+  auto c = host_.adopt(fd, *this, id.cookie());
+  if (!c) {
+    stats_.forwarded_refused++;
+    free_flow(f, false);
+    return c.error();
+  }
+  f.host = *c;
+  refresh_space(f);
+  set_state(f, TcpState::SynSent);
+  send_syn(f, now);
+  rearm(f, now);
+  return id;
+}
+
+bool Tcp::send_syn(Flow& f, Instant now) {
+  // RFC 9293 §3.10.1: <SEQ=ISS><CTL=SYN>, with our MSS and window scale.
+  bool ok = emit(f, kTcpSyn, f.iss, {}, true);
+  f.snd_nxt = f.snd_max = f.iss + 1;
+  if (!f.timing && f.retries == 0) {
+    f.timing = true;
+    f.timed_seq = f.iss;
+    f.timed_at = now;
+  }
+  if (!f.rto_at) f.rto_at = now + f.rto;
+  return ok;
+}
+
+// RFC 9293 §3.10.7.3 SYN-SENT.
+void Tcp::on_syn_sent(Flow& f, const Segment& s, Instant now) {
+  if (s.has(kTcpAck) && s.ack() != f.iss + 1) {
+    if (!s.has(kTcpRst))
+      send_rst(Ipv4Addr(f.key.dst_ip), Ipv4Addr(f.key.guest_ip), f.key.dst_port, f.key.guest_port, s.ack(),
+               std::nullopt);
+    return;
+  }
+  if (s.has(kTcpRst)) {
+    if (s.has(kTcpAck)) {  // refused: nothing listens on the guest's port
+      stats_.forwarded_refused++;
+      stats_.resets_from_guest++;
+      free_flow(f, true);
+    }
+    return;
+  }
+  if (!s.has(kTcpSyn) || !s.has(kTcpAck)) return;  // a simultaneous open is not expected from a guest
+  const NetConfig& cfg = tx_.config();
+  f.irs = s.seq();
+  f.rcv_nxt = f.rcv_adv = f.irs + 1;
+  f.mss = uint16_t(std::clamp<uint32_t>(s.r.mss.value_or(kDefaultMss), kMinMss, cfg.mtu - 40));
+  if (s.r.window_scale) {
+    f.snd_ws = std::min<uint8_t>(*s.r.window_scale, 14);  // RFC 7323 §2.3
+  } else {
+    f.snd_ws = f.rcv_ws = 0;  // RFC 7323 §1.3: both SYNs or neither
+  }
+  f.snd_wnd = s.r.window;  // RFC 7323 §2.2: never scaled in a SYN
+  f.snd_una = f.iss + 1;
+  f.snd_wl1 = s.seq();
+  f.snd_wl2 = s.ack();
+  if (f.timing && f.retries == 0) rtt_sample(f, now - f.timed_at);
+  f.timing = false;
+  f.rto_at.reset();
+  f.retries = 0;
+  set_state(f, TcpState::Established);
+  stats_.forwarded_opened++;
+  stats_.opened++;
+  refresh_space(f);
+  send_ack(f);
+  TcpFlowId id = f.id;
+  push(f, now);
+  if (Flow* g = find(id)) rearm(*g, now);
+}
+
+Tcp::TagTotals Tcp::tag_totals(uint32_t tag) const {
+  TagTotals t;
+  for (const auto& s : slots_) {
+    if (!s.flow || s.flow->tag != tag) continue;
+    t.active++;
+    t.to_guest += s.flow->to_guest;
+    t.to_host += s.flow->to_host;
+  }
+  return t;
+}
+
 void Tcp::connect_failed(Flow& f, int err) {
   Bytes syn(f.syn.data(), f.syn.size());
   switch (err) {
@@ -569,6 +705,9 @@ void Tcp::connect_failed(Flow& f, int err) {
 
 void Tcp::on_segment(Flow& f, const Segment& s, Instant now) {
   switch (f.state) {
+    case TcpState::SynSent:
+      return on_syn_sent(f, s, now);
+
     case TcpState::Connecting:
       // No SYN-ACK yet: the host connect is still running.
       if (s.has(kTcpRst)) {
@@ -837,8 +976,8 @@ bool Tcp::emit(Flow& f, uint16_t flags, uint32_t seq, Bytes payload, bool syn_op
   r.seq = seq;
   r.flags = flags;
   r.payload = payload;
-  if (flags & kTcpAck) {
-    r.ack = f.rcv_nxt;
+  if (flags & (kTcpAck | kTcpSyn)) {
+    if (flags & kTcpAck) r.ack = f.rcv_nxt;
     // The window is the host socket's free space, but never shrinks
     // (RFC 9293 §3.8.6.2.2): the right edge only moves forward.
     uint64_t wnd = f.guest_fin ? 0 : f.host_space;
@@ -1062,9 +1201,16 @@ void Tcp::on_host_error(uint64_t cookie, int err, Instant now) {
   if (Flow* f = find(cookie)) {
     spdlog::debug("tcp {}: host connection failed: {}", endpoint(f->key.guest_ip, f->key.guest_port),
                   std::strerror(err));
-    if (f->state == TcpState::Connecting) connect_failed(*f, err);
+    if (f->state == TcpState::Connecting) {
+      connect_failed(*f, err);
+    } else if (f->state == TcpState::SynSent) {
+      // The forward's client went away before the guest answered.
+      send_rst(Ipv4Addr(f->key.dst_ip), Ipv4Addr(f->key.guest_ip), f->key.dst_port, f->key.guest_port, f->snd_nxt,
+               std::nullopt);
+      free_flow(*f, false);
+    }
     else if (f->state == TcpState::TimeWait) free_flow(*f, false);
-    else abort_flow(*f, "host connection reset");  // RFC 9293 §3.10.7.4: reset -> RST to the guest
+    else if (f->state != TcpState::SynSent) abort_flow(*f, "host connection reset");  // RFC 9293 §3.10.7.4: reset -> RST to the guest
   }
   after_entry(now);
 }
@@ -1125,14 +1271,16 @@ void Tcp::on_timer(Flow& f, Instant now) {
   if (f.rto_at && now >= *f.rto_at) {
     f.rto_at.reset();
     f.timing = false;  // Karn: nothing retransmitted is timed
-    if (f.state == TcpState::SynReceived) {
+    if (f.state == TcpState::SynReceived || f.state == TcpState::SynSent) {
       if (++f.retries > kMaxSynAckRetries) {
         stats_.timeouts++;
+        if (f.state == TcpState::SynSent) stats_.forwarded_refused++;
         return free_flow(f, true);
       }
       f.rto = std::min(f.rto * 2, kMaxRto);  // RFC 6298 §5.5
       stats_.retransmits++;
-      send_syn_ack(f, now);
+      if (f.state == TcpState::SynSent) send_syn(f, now);
+      else send_syn_ack(f, now);
     } else if (f.snd_una != f.snd_nxt) {
       if (++f.retries > kMaxRetries) {
         stats_.timeouts++;
@@ -1198,9 +1346,11 @@ void Tcp::describe_flows(std::string& out, Instant now) const {
     if (!s.flow) continue;
     const Flow& f = *s.flow;
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - f.created).count();
-    out += fmt::format("tcp {} {}:{} {} tx={} rx={} age={}\n", endpoint(f.key.guest_ip, f.key.guest_port),
+    out += fmt::format("tcp {} {}:{} {} tx={} rx={} age={}", endpoint(f.key.guest_ip, f.key.guest_port),
                        f.host_ip.to_string(), f.key.dst_port, tcp_state_name(f.state), f.to_host, f.to_guest,
                        age);
+    if (f.tag) out += fmt::format(" forward={}", f.tag);
+    out += '\n';
   }
 }
 

@@ -56,6 +56,7 @@ namespace berth::net {
 // has been answered yet.
 enum class TcpState : uint8_t {
   Connecting,
+  SynSent,    // a port forward's active open: our SYN is out to the guest
   SynReceived,
   Established,
   FinWait1,   // host EOF: our FIN sent, not yet acknowledged
@@ -128,6 +129,8 @@ struct TcpStats {
   uint64_t fast_retransmits = 0;
   uint64_t window_probes = 0;
   uint64_t timeouts = 0;         // flows aborted by a timer
+  uint64_t forwarded_opened = 0;   // port-forward connections the guest accepted
+  uint64_t forwarded_refused = 0;  // ... that the guest refused, or never answered
   uint64_t data_to_host = 0, data_to_guest = 0;  // bytes, acknowledged
   std::string render() const;
 };
@@ -160,6 +163,24 @@ class Tcp final : public L4Handler, private TcpHostSink {
   // Called after in-process services produced events outside input()/poll()
   // (for the loop driver to re-arm its timer).
   void set_after_service_event(std::function<void()> cb) { after_service_event_ = std::move(cb); }
+
+  // A port forward's connection: adopt the accepted host socket `fd` (the
+  // TcpHost owns it from here, also on failure) and open a connection to
+  // guest:guest_port from the gateway (an active open, RFC 9293 §3.10.1).
+  // Host bytes wait in the socket until the guest accepted. A guest RST, or
+  // no SYN-ACK after kMaxSynAckRetries tries, resets the host connection.
+  // `tag` (non-zero) names the forward in tag_totals() and /net/flows.
+  [[nodiscard]] Result<TcpFlowId> open_to_guest(int fd, wire::Ipv4Addr guest, uint16_t guest_port, uint32_t tag,
+                                                Instant now);
+  struct TagTotals {
+    uint64_t active = 0, to_guest = 0, to_host = 0;  // live flows and their bytes
+  };
+  // Live flows with `tag` (closed flows are reported through on_tag_closed).
+  TagTotals tag_totals(uint32_t tag) const;
+  // Called as a tagged flow ends, with its byte counts.
+  void set_on_tag_closed(std::function<void(uint32_t tag, uint64_t to_guest, uint64_t to_host)> cb) {
+    on_tag_closed_ = std::move(cb);
+  }
 
   // L4Handler
   void input(const GuestPacket& p, Instant now) override;
@@ -195,6 +216,7 @@ class Tcp final : public L4Handler, private TcpHostSink {
     Key key{};
     wire::Ipv4Addr host_ip;  // where the host half goes (127.0.0.1 for the alias)
     bool service = false;    // host half is a gateway service
+    uint32_t tag = 0;        // the port forward that opened it (active open), or 0
     HostConnId host;         // invalid once closed
     Instant created{};
 
@@ -261,6 +283,9 @@ class Tcp final : public L4Handler, private TcpHostSink {
   void push(Flow& f, Instant now);
   bool emit(Flow& f, uint16_t flags, uint32_t seq, Bytes payload, bool syn_options = false);
   bool send_syn_ack(Flow& f, Instant now);
+  bool send_syn(Flow& f, Instant now);
+  void on_syn_sent(Flow& f, const Segment& s, Instant now);
+  Flow& new_flow(const Key& key, Instant now);
   void send_ack(Flow& f) { f.ack_owed = !emit(f, wire::kTcpAck, f.snd_nxt, {}); }
   void send_reset_for(const GuestPacket& p, const Segment& s);
   void send_rst(wire::Ipv4Addr src, wire::Ipv4Addr dst, uint16_t sport, uint16_t dport, uint32_t seq,
@@ -289,6 +314,8 @@ class Tcp final : public L4Handler, private TcpHostSink {
   uint64_t isn_secret_;
   std::unique_ptr<TcpServiceHost> services_;
   std::function<void()> after_service_event_;
+  std::function<void(uint32_t, uint64_t, uint64_t)> on_tag_closed_;
+  uint16_t next_ephemeral_ = 0;     // port-forward source ports cycle through 32768..60999
 
   struct Slot {
     std::optional<Flow> flow;

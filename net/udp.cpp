@@ -117,6 +117,10 @@ UdpNat::~UdpNat() {
 
 void UdpNat::add_service(uint16_t port, Service service) { services_[port] = std::move(service); }
 
+bool UdpNat::send_from_gateway(uint16_t sport, Ipv4Addr dst, uint16_t dport, Bytes payload) {
+  return send_udp(tx_.config().gateway, sport, dst, dport, payload);
+}
+
 Bytes UdpNat::udp_payload(const GuestPacket& p) {
   auto u = wire::UdpPacket::check(p.payload);
   return u ? u->payload() : Bytes();

@@ -218,6 +218,11 @@ class UdpNat final : public L4Handler, private DgramSink {
   // Serve UDP `port` on the gateway (and on broadcast destinations) in
   // process instead of through host sockets. Replaces an earlier service.
   void add_service(uint16_t port, Service service);
+  void remove_service(uint16_t port) { services_.erase(port); }
+  bool has_service(uint16_t port) const { return services_.count(port) != 0; }
+  // A datagram from the gateway's port `sport` to a guest, unprompted (UDP
+  // port forwards). False when the guest cannot be reached now.
+  bool send_from_gateway(uint16_t sport, wire::Ipv4Addr dst, uint16_t dport, Bytes payload);
   // The UDP payload of a packet a Service was given.
   static Bytes udp_payload(const GuestPacket& p);
 

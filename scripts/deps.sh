@@ -11,7 +11,7 @@ pkgs=(
   clang libclang-rt-14-dev
   # real peers
   diod qemu-system-x86 busybox-static cpio kmod xz-utils iproute2 procps python3
-  wget socat iperf3 iputils-ping
+  wget socat iperf3 iputils-ping curl dnsmasq-base isc-dhcp-client bind9-dnsutils
 )
 
 missing=()

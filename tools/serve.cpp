@@ -18,6 +18,7 @@
 #include "net/host/driver.h"
 #include "net/host/uv_dgram_host.h"
 #include "net/host/uv_tcp_host.h"
+#include "net/forward.h"
 #include "net/icmp.h"
 #include "net/link/links.h"
 #include "net/ninep_service.h"
@@ -41,7 +42,8 @@ namespace {
 void serve_usage(FILE* to) {
   std::fprintf(to,
                "usage: berth serve [--9p unix:PATH|tcp:HOST:PORT]... [--link SPEC]... [--subnet CIDR] [--mtu N]\n"
-               "                   [--host-loopback allow|deny] [--state-dir DIR] [--log-level L]\n\n"
+               "                   [--host-loopback allow|deny] [--forward SPEC]... [--allow-privileged-ports]\n"
+               "                   [--allowed-bind-addresses LIST] [--state-dir DIR] [--log-level L]\n\n"
                "Serve Berth's control tree over 9P2000.L (also 9P2000.u and 9P2000), and translate\n"
                "the guests' network traffic on the links into host socket calls.\n\n"
                "  --9p ADDR        listen on ADDR; repeatable. Default: unix:%s\n"
@@ -55,7 +57,15 @@ void serve_usage(FILE* to) {
                "  --mtu N          link MTU, 576..65520 (default 1500)\n"
                "  --host-loopback allow|deny\n"
                "                   whether the host alias reaches the host's 127.0.0.1 (default allow)\n"
-               "  --state-dir DIR  where persistent state is kept (created if missing)\n"
+               "  --forward SPEC   a port forward, as written into /ports/ctl; repeatable:\n"
+               "                   tcp:HOSTIP:HOSTPORT:tcp:GUESTIP:GUESTPORT, udp:...:udp:...,\n"
+               "                   unix:HOSTPATH:tcp:GUESTIP:GUESTPORT (IPv6 host addresses in brackets)\n"
+               "  --allow-privileged-ports\n"
+               "                   let forwards listen on host ports below 1024\n"
+               "  --allowed-bind-addresses LIST\n"
+               "                   comma-separated host addresses forwards may listen on\n"
+               "                   (default 127.0.0.1,::1,0.0.0.0,::)\n"
+               "  --state-dir DIR  keep forwards, DHCP leases and reservations here across restarts\n"
                "  --log-level L    trace, debug, info (default), warn, error, off\n",
                default_socket_path().c_str());
 }
@@ -63,7 +73,8 @@ void serve_usage(FILE* to) {
 }  // namespace
 
 int serve_main(int argc, char** argv) {
-  std::vector<std::string> addrs, link_specs;
+  std::vector<std::string> addrs, link_specs, forward_specs;
+  net::ForwardPolicy fwd_policy;
   std::string log_level = "info", state_dir;
   net::NetConfig net_cfg;
   for (int i = 1; i < argc; i++) {
@@ -106,6 +117,15 @@ int serve_main(int argc, char** argv) {
         return 2;
       }
       net_cfg.host_loopback = v == "allow";
+    } else if (a == "--forward") {
+      forward_specs.emplace_back(need("--forward"));
+    } else if (a == "--allow-privileged-ports") {
+      fwd_policy.allow_privileged = true;
+    } else if (a == "--allowed-bind-addresses") {
+      if (auto r = fwd_policy.set_allowed(need("--allowed-bind-addresses")); !r) {
+        std::fprintf(stderr, "berth serve: --allowed-bind-addresses: %s\n", r.error().message.c_str());
+        return 2;
+      }
     } else if (a == "--state-dir") {
       state_dir = need("--state-dir");
     } else {
@@ -161,6 +181,26 @@ int serve_main(int argc, char** argv) {
   stack.set_handler(net::wire::IpProtocol::Icmp, &icmp);
   net::NetDriver driver(loop, stack, mono);
   net::mount_net_tree(tree, metrics, stack, mono);
+
+  // Port forwards: those saved in the state dir, then --forward.
+  net::Forwarder forwarder(loop, tcp, udp, mono, net_cfg, fwd_policy, state_dir);
+  net::mount_ports_tree(tree, metrics, forwarder);
+  forwarder.restore();
+  for (auto& spec : forward_specs) {
+    auto parsed = net::parse_forward_spec(spec);
+    bool have = false;
+    for (uint32_t id : forwarder.ids()) have = have || (parsed && forwarder.bound_spec(id) == parsed->to_string());
+    if (have) continue;
+    auto id = forwarder.add(spec);
+    if (!id) {
+      std::fprintf(stderr, "berth serve: --forward %s: %s\n", spec.c_str(), id.error().message.c_str());
+      forwarder.close();
+      driver.close();
+      uv_run(loop, UV_RUN_NOWAIT);
+      return 1;
+    }
+    std::printf("berth: forward %u is %s\n", *id, forwarder.bound_spec(*id)->c_str());
+  }
   std::vector<std::unique_ptr<net::FrameLink>> links;
   for (auto& spec_text : link_specs) {
     auto spec = net::parse_link_spec(spec_text);
@@ -198,12 +238,14 @@ int serve_main(int argc, char** argv) {
     uv_signal_t* sigs[2];
     std::vector<std::unique_ptr<net::FrameLink>>* links;
     net::NetDriver* driver;
-  } stop{&server, {&sigint, &sigterm}, &links, &driver};
+    net::Forwarder* forwarder;
+  } stop{&server, {&sigint, &sigterm}, &links, &driver, &forwarder};
   auto on_signal = [](uv_signal_t* h, int signum) {
     auto* s = static_cast<Stop*>(h->data);
     spdlog::info("caught signal {}, shutting down", signum);
     s->server->close();
     for (auto& l : *s->links) l->close();
+    s->forwarder->close();
     s->driver->close();
     // Host sockets of live flows would keep the loop alive: stop it; the
     // translators close their sockets as they are destroyed.

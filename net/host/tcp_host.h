@@ -80,6 +80,13 @@ class TcpHost {
 
   [[nodiscard]] virtual Result<HostConnId> connect(wire::Ipv4Addr addr, uint16_t port, TcpHostSink& sink,
                                                    uint64_t cookie) = 0;
+  // Take over a connected stream socket (one a port forward accepted; TCP
+  // or unix). The host owns `fd` from then on, also when this fails. Read
+  // and write interest start off; no on_host_connected() follows.
+  [[nodiscard]] virtual Result<HostConnId> adopt(int fd, TcpHostSink& sink, uint64_t cookie) {
+    (void)fd, (void)sink, (void)cookie;
+    return make_error(ENOTSUP, "this host cannot adopt sockets");
+  }
   // Bytes taken (0 when the send buffer is full). ECONNRESET/EPIPE when the
   // connection is gone.
   [[nodiscard]] virtual Result<size_t> send(HostConnId c, Bytes data) = 0;

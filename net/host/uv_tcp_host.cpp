@@ -27,6 +27,7 @@
 #include "net/host/uv_tcp_host.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <linux/sock_diag.h>  // SK_MEMINFO_*
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -77,6 +78,7 @@ struct UvTcpHost::Conn {
   bool eof_reported = false;
   bool progressed = false;   // during a readable callback: something new was peeked
   bool peek_off = false;     // SO_PEEK_OFF enabled on this socket
+  bool tcp = true;           // false for an adopted unix stream socket
   size_t kernel_off = 0;     // the kernel's peek offset, mirrored
   size_t peeked_end = 0;     // furthest byte peeked, from the first unconsumed one
   int lowat = 1;
@@ -126,6 +128,38 @@ Result<HostConnId> UvTcpHost::connect(wire::Ipv4Addr addr, uint16_t port, TcpHos
     return sys_error(err, fmt::format("connect {}:{}", addr.to_string(), port));
   }
 
+  return add_conn(fd, sink, cookie, true, peek_off, true);
+}
+
+Result<HostConnId> UvTcpHost::adopt(int fd, TcpHostSink& sink, uint64_t cookie) {
+  if (open_ >= opts_.max_conns) {
+    ::close(fd);
+    return make_error(EMFILE, "host TCP connection table full");
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
+    int err = errno;
+    ::close(fd);
+    return sys_error(err, "getsockname");
+  }
+  bool tcp = ss.ss_family == AF_INET || ss.ss_family == AF_INET6;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0) (void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  if (tcp) {
+    set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+    set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, opts_.keepalive_idle_s);
+    set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, opts_.keepalive_interval_s);
+    set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, opts_.keepalive_count);
+  }
+  int zero = 0;
+  bool peek_off = opts_.peek_offset && setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) == 0;
+  return add_conn(fd, sink, cookie, false, peek_off, tcp);
+}
+
+Result<HostConnId> UvTcpHost::add_conn(int fd, TcpHostSink& sink, uint64_t cookie, bool connecting, bool peek_off,
+                                       bool stream_tcp) {
   uint32_t i;
   if (!free_.empty()) {
     i = free_.back();
@@ -144,6 +178,8 @@ Result<HostConnId> UvTcpHost::connect(wire::Ipv4Addr addr, uint16_t port, TcpHos
   c.cookie = cookie;
   c.fd = fd;
   c.peek_off = peek_off;
+  c.connecting = connecting;
+  c.tcp = stream_tcp;
   int rc = uv_poll_init(loop_, &c.poll, fd);
   if (rc < 0) {
     ::close(fd);
@@ -221,7 +257,14 @@ void UvTcpHost::consume(HostConnId id, size_t n) {
   if (!c || c->dead) return;
   size_t done = 0;
   while (done < n) {
-    ssize_t r = ::recv(c->fd, nullptr, n - done, MSG_TRUNC | MSG_DONTWAIT);  // discard, no copy
+    // TCP discards with MSG_TRUNC, without a copy; unix streams need a buffer.
+    ssize_t r;
+    if (c->tcp) {
+      r = ::recv(c->fd, nullptr, n - done, MSG_TRUNC | MSG_DONTWAIT);
+    } else {
+      if (discard_.size() < std::min<size_t>(n - done, 64 << 10)) discard_.resize(64 << 10);
+      r = ::recv(c->fd, discard_.data(), std::min(n - done, discard_.size()), MSG_DONTWAIT);
+    }
     if (r <= 0) break;
     done += size_t(r);
   }

@@ -52,6 +52,7 @@ class UvTcpHost final : public TcpHost {
 
   [[nodiscard]] Result<HostConnId> connect(wire::Ipv4Addr addr, uint16_t port, TcpHostSink& sink,
                                            uint64_t cookie) override;
+  [[nodiscard]] Result<HostConnId> adopt(int fd, TcpHostSink& sink, uint64_t cookie) override;
   [[nodiscard]] Result<size_t> send(HostConnId c, Bytes data) override;
   [[nodiscard]] Result<PeekResult> peek(HostConnId c, size_t offset, std::span<uint8_t> out) override;
   void consume(HostConnId c, size_t n) override;
@@ -76,6 +77,8 @@ class UvTcpHost final : public TcpHost {
   };
 
   Conn* get(HostConnId c);
+  Result<HostConnId> add_conn(int fd, TcpHostSink& sink, uint64_t cookie, bool connecting, bool peek_off,
+                              bool stream_tcp);
   void update_poll(Conn& c);
   void set_lowat(Conn& c);
   static void on_poll(uv_poll_t* h, int status, int events);
