@@ -2,6 +2,7 @@
 // GuestTx that parses every segment sent to the guest with net/wire, and a
 // fake clock. Then UvTcpHost against real sockets on 127.0.0.1, alone and
 // under the translator, driven by bounded loop iterations.
+#include <unistd.h>
 #include <uv.h>
 
 #include <catch2/catch.hpp>
@@ -9,6 +10,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -95,6 +97,7 @@ class FakeTcpHost final : public TcpHost {
     bool eof = false;
     int error = 0;
     bool want_read = false, want_write = false;
+    bool adopted = false;
   };
 
   Result<HostConnId> connect(Ipv4Addr addr, uint16_t port, TcpHostSink& sink, uint64_t cookie) override {
@@ -105,6 +108,17 @@ class FakeTcpHost final : public TcpHost {
     c.sink = &sink;
     c.cookie = cookie;
     c.space = default_space;
+    conns.push_back(c);
+    return HostConnId{uint32_t(conns.size() - 1), 1};
+  }
+  Result<HostConnId> adopt(int fd, TcpHostSink& sink, uint64_t cookie) override {
+    if (fd >= 0) ::close(fd);
+    if (connect_error) return make_error(*connect_error, "fake adopt error");
+    Conn c;
+    c.sink = &sink;
+    c.cookie = cookie;
+    c.space = default_space;
+    c.adopted = true;
     conns.push_back(c);
     return HostConnId{uint32_t(conns.size() - 1), 1};
   }
@@ -1278,6 +1292,192 @@ uint16_t closed_port() {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// Port forwards: active opens toward the guest (RFC 9293 §3.10.7.3).
+
+namespace {
+
+// The guest's side of a forwarded connection: it answers our SYN.
+struct Forward {
+  Harness h;
+  Ipv4Addr gw{192, 168, 65, 1};
+  uint16_t gw_port = 0;
+  uint32_t our_iss = 0;
+  std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> closed;  // tag, to_guest, to_host
+
+  Forward() {
+    h.dport = 80;
+    h.tcp->set_on_tag_closed([this](uint32_t tag, uint64_t g, uint64_t o) { closed.emplace_back(tag, g, o); });
+  }
+  // open_to_guest, and the SYN it sends.
+  Sent open(uint32_t tag = 7) {
+    auto id = h.tcp->open_to_guest(-1, h.guest, 80, tag, h.now());
+    REQUIRE(id.ok());
+    auto out = h.tx.take();
+    REQUIRE(out.size() == 1);
+    REQUIRE(out[0].is(kTcpSyn));
+    gw_port = out[0].r.src_port;
+    our_iss = out[0].r.seq;
+    return out[0];
+  }
+  void from_guest(uint16_t flags, uint32_t seq, uint32_t ack, std::string_view data = {},
+                  std::optional<uint16_t> mss = {}, std::optional<uint8_t> ws = {}) {
+    TcpRepr r;
+    r.src_port = 80;
+    r.dst_port = gw_port;
+    r.seq = seq;
+    r.ack = ack;
+    r.flags = flags;
+    r.window = 65535;
+    r.mss = mss;
+    r.window_scale = ws;
+    r.payload = as_bytes(data);
+    h.input(r, h.guest, gw);
+  }
+  std::optional<TcpState> state() const { return h.tcp->state_of(h.guest, 80, gw, gw_port); }
+};
+
+}  // namespace
+
+TEST_CASE("forward: the SYN goes from the gateway with MSS, window scale and a window", "[tcp][forward]") {
+  Forward f;
+  Sent syn = f.open();
+  CHECK(syn.src == f.gw);
+  CHECK(syn.dst == f.h.guest);
+  CHECK(syn.r.dst_port == 80);
+  CHECK(syn.r.src_port >= 32768);
+  CHECK(syn.r.mss == uint16_t(1460));
+  CHECK(syn.r.window_scale == Tcp::kWindowScale);
+  CHECK(syn.r.window > 0);
+  CHECK(f.state() == TcpState::SynSent);
+  CHECK(f.h.host.last().adopted);
+  CHECK_FALSE(f.h.host.last().want_read);  // host bytes wait for the guest
+}
+
+TEST_CASE("forward: SYN-ACK establishes, then data and FIN flow both ways", "[tcp][forward]") {
+  Forward f;
+  f.open(9);
+  auto& conn = f.h.host.last();
+  f.h.host.data(conn, "GET / HTTP/1.0\r\n\r\n", f.h.now());  // the client spoke first
+  CHECK(f.h.tx.take().empty());
+  f.from_guest(kTcpSyn | kTcpAck, 5000, f.our_iss + 1, {}, 1000, 2);
+  CHECK(f.state() == TcpState::Established);
+  auto out = f.h.tx.take();
+  REQUIRE(out.size() >= 2);
+  CHECK(out[0].is(kTcpAck));
+  CHECK(out[0].r.ack == 5001);
+  CHECK(out[1].r.seq == f.our_iss + 1);
+  CHECK(out[1].text() == "GET / HTTP/1.0\r\n\r\n");
+  CHECK(f.h.tcp->stats().forwarded_opened == 1);
+  // The guest answers and acknowledges.
+  f.from_guest(kTcpAck | kTcpPsh, 5001, f.our_iss + 1 + 18, "HTTP/1.0 200 OK\r\n");
+  CHECK(conn.received == "HTTP/1.0 200 OK\r\n");
+  auto t = f.h.tcp->tag_totals(9);
+  CHECK(t.active == 1);
+  CHECK(t.to_host == 17);
+  // The guest closes; the host then closes; the guest acknowledges our FIN.
+  f.from_guest(kTcpAck | kTcpFin, 5018, f.our_iss + 19);
+  CHECK(conn.shut_wr);
+  f.h.tx.take();
+  f.h.host.end(conn, f.h.now());
+  out = f.h.tx.take();
+  REQUIRE(!out.empty());
+  CHECK((out.back().r.flags & kTcpFin));
+  f.from_guest(kTcpAck, 5019, out.back().r.seq + 1);
+  CHECK_FALSE(f.state());
+  REQUIRE(f.closed.size() == 1);
+  CHECK(std::get<0>(f.closed[0]) == 9);
+  CHECK(std::get<1>(f.closed[0]) == 18);
+  CHECK(std::get<2>(f.closed[0]) == 17);
+}
+
+TEST_CASE("forward: a SYN-ACK without window scale turns scaling off both ways", "[tcp][forward]") {
+  Forward f;
+  f.open();
+  f.from_guest(kTcpSyn | kTcpAck, 100, f.our_iss + 1, {}, 1460, std::nullopt);
+  REQUIRE(f.state() == TcpState::Established);
+  auto out = f.h.tx.take();
+  REQUIRE(out.size() == 1);
+  // Unscaled: the 64 KiB host buffer shows as at most 65535.
+  CHECK(out[0].r.window == 65535);
+}
+
+TEST_CASE("forward: a guest RST refuses, and the host connection is reset", "[tcp][forward]") {
+  Forward f;
+  f.open();
+  auto& conn = f.h.host.last();
+  f.from_guest(kTcpRst | kTcpAck, 0, f.our_iss + 1);
+  CHECK_FALSE(f.state());
+  CHECK_FALSE(conn.open);
+  CHECK(conn.reset);
+  CHECK(f.h.tcp->stats().forwarded_refused == 1);
+}
+
+TEST_CASE("forward: a SYN-ACK with a wrong ACK gets a RST and the SYN stands", "[tcp][forward]") {
+  Forward f;
+  f.open();
+  f.from_guest(kTcpSyn | kTcpAck, 100, f.our_iss + 77);
+  auto out = f.h.tx.take();
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].is(kTcpRst));
+  CHECK(out[0].r.seq == f.our_iss + 77);
+  CHECK(f.state() == TcpState::SynSent);
+}
+
+TEST_CASE("forward: an unanswered SYN is retransmitted with backoff, then the host is reset", "[tcp][forward]") {
+  Forward f;
+  f.open();
+  auto& conn = f.h.host.last();
+  std::vector<Instant> at;
+  for (int i = 0; i < Tcp::kMaxSynAckRetries; i++) {
+    f.h.run_timer();
+    auto out = f.h.tx.take();
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].is(kTcpSyn));
+    CHECK(out[0].r.seq == f.our_iss);
+    at.push_back(f.h.now());
+  }
+  CHECK(at[2] - at[1] == 2 * (at[1] - at[0]));
+  f.h.run_timer();
+  CHECK_FALSE(f.state());
+  CHECK(conn.reset);
+}
+
+TEST_CASE("forward: the client leaving before the SYN-ACK resets the guest side", "[tcp][forward]") {
+  Forward f;
+  f.open();
+  auto& conn = f.h.host.last();
+  conn.sink->on_host_error(conn.cookie, ECONNRESET, f.h.now());
+  auto out = f.h.tx.take();
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].is(kTcpRst));
+  CHECK_FALSE(f.state());
+}
+
+TEST_CASE("forward: refused at once for a non-guest address or an unknown guest", "[tcp][forward]") {
+  Forward f;
+  auto r = f.h.tcp->open_to_guest(-1, Ipv4Addr(192, 168, 65, 1), 80, 1, f.h.now());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == EINVAL);
+  r = f.h.tcp->open_to_guest(-1, Ipv4Addr(10, 0, 0, 1), 80, 1, f.h.now());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == EINVAL);
+  f.h.tx.room = 0;  // the fake says no guest is reachable
+  r = f.h.tcp->open_to_guest(-1, f.h.guest, 80, 1, f.h.now());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == EHOSTUNREACH);
+  CHECK(f.h.tcp->stats().forwarded_refused == 3);
+  CHECK(f.h.tcp->flow_count() == 0);
+}
+
+TEST_CASE("forward: connections to the same guest port get distinct gateway ports", "[tcp][forward]") {
+  Forward f;
+  std::set<uint16_t> ports;
+  for (int i = 0; i < 50; i++) ports.insert(f.open().r.src_port);
+  CHECK(ports.size() == 50);
+  CHECK(f.h.tcp->tag_totals(7).active == 50);
+}
 
 TEST_CASE("uv host: peek at offsets leaves bytes until consume, and EOF follows the data", "[tcp][uv]") {
   for (bool peek_off : {true, false}) {
