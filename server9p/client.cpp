@@ -305,7 +305,9 @@ Result<std::string> Client::ctl(const std::string& path, const std::string& text
   }
   auto w = write(*fid, 0, as_bytes(text));
   auto result = read_all(*fid);
-  (void)clunk(*fid);
+  // Read-write state files apply their content at the latest on clunk.
+  auto c = clunk(*fid);
+  if (w && !c) return c.error();
   if (!w) {
     std::string msg = w.error().message;
     if (result && !result->empty()) {

@@ -120,6 +120,11 @@ class StateHandle final : public OpenFile {
     if (content_.size() < offset + data.size()) content_.resize(offset + data.size());
     std::memcpy(content_.data() + offset, data.data(), data.size());
     dirty_ = true;
+    // Whole lines are applied at once, so a bad `echo LINE > file` fails
+    // at its write (where shells report errors), not only at close.
+    if (content_.back() == '\n') {
+      if (auto r = commit(); !r) return r.error();
+    }
     return data.size();
   }
   Result<void> truncate(uint64_t size) override {

@@ -18,7 +18,10 @@
 #include "net/host/driver.h"
 #include "net/host/uv_dgram_host.h"
 #include "net/host/uv_tcp_host.h"
+#include "net/dhcp.h"
+#include "net/dns.h"
 #include "net/forward.h"
+#include "net/host/uv_dns_upstream.h"
 #include "net/icmp.h"
 #include "net/link/links.h"
 #include "net/ninep_service.h"
@@ -43,7 +46,8 @@ void serve_usage(FILE* to) {
   std::fprintf(to,
                "usage: berth serve [--9p unix:PATH|tcp:HOST:PORT]... [--link SPEC]... [--subnet CIDR] [--mtu N]\n"
                "                   [--host-loopback allow|deny] [--forward SPEC]... [--allow-privileged-ports]\n"
-               "                   [--allowed-bind-addresses LIST] [--state-dir DIR] [--log-level L]\n\n"
+               "                   [--allowed-bind-addresses LIST] [--dhcp-static MAC=IP[=NAME]]...\n"
+               "                   [--hosts FILE] [--dns-upstream ADDR[:PORT]]... [--state-dir DIR] [--log-level L]\n\n"
                "Serve Berth's control tree over 9P2000.L (also 9P2000.u and 9P2000), and translate\n"
                "the guests' network traffic on the links into host socket calls.\n\n"
                "  --9p ADDR        listen on ADDR; repeatable. Default: unix:%s\n"
@@ -65,6 +69,12 @@ void serve_usage(FILE* to) {
                "  --allowed-bind-addresses LIST\n"
                "                   comma-separated host addresses forwards may listen on\n"
                "                   (default 127.0.0.1,::1,0.0.0.0,::)\n"
+               "  --dhcp-static MAC=IP[=NAME]\n"
+               "                   a DHCP reservation (also /dhcp/static); repeatable\n"
+               "  --hosts FILE     extra DNS records in hosts-file syntax, re-read when it changes\n"
+               "  --dns-upstream ADDR[:PORT]\n"
+               "                   resolver to forward DNS queries to ([v6]:port); repeatable.\n"
+               "                   Default: the nameservers of /etc/resolv.conf (watched)\n"
                "  --state-dir DIR  keep forwards, DHCP leases and reservations here across restarts\n"
                "  --log-level L    trace, debug, info (default), warn, error, off\n",
                default_socket_path().c_str());
@@ -73,7 +83,8 @@ void serve_usage(FILE* to) {
 }  // namespace
 
 int serve_main(int argc, char** argv) {
-  std::vector<std::string> addrs, link_specs, forward_specs;
+  std::vector<std::string> addrs, link_specs, forward_specs, dhcp_statics, dns_upstreams;
+  std::string hosts_file;
   net::ForwardPolicy fwd_policy;
   std::string log_level = "info", state_dir;
   net::NetConfig net_cfg;
@@ -126,6 +137,12 @@ int serve_main(int argc, char** argv) {
         std::fprintf(stderr, "berth serve: --allowed-bind-addresses: %s\n", r.error().message.c_str());
         return 2;
       }
+    } else if (a == "--dhcp-static") {
+      dhcp_statics.emplace_back(need("--dhcp-static"));
+    } else if (a == "--hosts") {
+      hosts_file = need("--hosts");
+    } else if (a == "--dns-upstream") {
+      dns_upstreams.emplace_back(need("--dns-upstream"));
     } else if (a == "--state-dir") {
       state_dir = need("--state-dir");
     } else {
@@ -181,6 +198,38 @@ int serve_main(int argc, char** argv) {
   stack.set_handler(net::wire::IpProtocol::Icmp, &icmp);
   net::NetDriver driver(loop, stack, mono);
   net::mount_net_tree(tree, metrics, stack, mono);
+
+  // Gateway services: DHCP (UDP 67) and DNS (UDP and TCP 53).
+  net::DhcpServer dhcp(stack, udp, clock, state_dir);
+  for (auto& spec : dhcp_statics) {
+    if (auto r = dhcp.add_static(spec); !r) {
+      std::fprintf(stderr, "berth serve: --dhcp-static %s: %s\n", spec.c_str(), r.error().message.c_str());
+      return 2;
+    }
+  }
+  net::mount_dhcp_tree(tree, metrics, dhcp);
+  uv_timer_t dhcp_timer;
+  uv_timer_init(loop, &dhcp_timer);
+  dhcp_timer.data = &dhcp;
+  uv_timer_start(&dhcp_timer, [](uv_timer_t* t) { static_cast<net::DhcpServer*>(t->data)->poll(); }, 5000, 5000);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&dhcp_timer));
+
+  net::UvDnsUpstream dns_upstream(loop, mono);
+  net::DnsForwarder dns(udp, tcp, dns_upstream, mono, net_cfg, net::DnsForwarder::random_ids());
+  dns.set_name_lookup([&dhcp](std::string_view name) { return dhcp.lookup_hostname(name); });
+  for (auto& u : dns_upstreams) {
+    if (auto r = dns.add_upstream(u); !r) {
+      std::fprintf(stderr, "berth serve: --dns-upstream %s: %s\n", u.c_str(), r.error().message.c_str());
+      return 2;
+    }
+  }
+  if (!hosts_file.empty()) {
+    if (auto r = dns.set_hosts_file(hosts_file); !r) {
+      std::fprintf(stderr, "berth serve: --hosts %s: %s\n", hosts_file.c_str(), r.error().message.c_str());
+      return 2;
+    }
+  }
+  net::mount_dns_tree(tree, metrics, dns);
 
   // Port forwards: those saved in the state dir, then --forward.
   net::Forwarder forwarder(loop, tcp, udp, mono, net_cfg, fwd_policy, state_dir);

@@ -21,7 +21,7 @@
 # packages or fetch the kernel), anything else is a real error.
 #
 # Guest kernel command line understood by /init:
-#   berth.test=9p|net|boot  test to run (default 9p)
+#   berth.test=9p|net|services|boot  test to run (default 9p)
 #   berth.port=N         9P server port on the host (default 564)
 #   berth.host=A.B.C.D   9P server address (default 10.0.2.2, the host under -netdev user)
 #   berth.watchdog=S     guest-side timeout in seconds (default 150)
@@ -38,6 +38,10 @@
 #                        is answered with the text "echo NAME" (busybox has no nc -u,
 #                        so the guest sends with `nslookup -type=txt NAME ALIAS:PORT`)
 #   berth.token=WORD     word put in the UDP query name (default berth)
+# The services test (DHCP at boot instead of a static address) also reads:
+#   berth.fport=PORT     host port of the forward it creates from inside, through
+#                        the tree it mounts from the gateway; it serves berth.token
+#                        on its port 8080 and waits for the host to fetch it
 #   berth.closed=PORT    a port on the host alias with no listener (must be refused)
 #   berth.gport=N        port of the control tree on the gateway (default 564)
 # Console markers (all start with "BERTH-GUEST: "):
@@ -64,7 +68,8 @@ done
 # Modules the guest loads, in this order. Dependencies found by depmod are
 # added before each module; modules that are built in or absent are skipped.
 MODULES=(virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev
-         virtio_pci failover net_failover virtio_net 9pnet 9pnet_fd netfs fscache 9p)
+         virtio_pci failover net_failover virtio_net 9pnet 9pnet_fd netfs fscache 9p
+         af_packet)  # af_packet: udhcpc's raw socket (services test)
 
 log() { echo "build-guest: $*" >&2; }
 unavailable() { log "UNAVAILABLE: $*"; exit 77; }
@@ -213,6 +218,7 @@ fetch_kernel() {
 
   local version
   version=$(dpkg-deb -f "$deb" Version)
+  echo "${MODULES[*]}" >"$WORK/modules/want"
   rm -rf "$GUEST_DIR/modules"
   mv "$WORK/modules" "$GUEST_DIR/modules"
   echo "$(dpkg-deb -f "$deb" Package) $version $kver" >"$GUEST_DIR/kernel-package"
@@ -222,7 +228,8 @@ fetch_kernel() {
   log "kernel: $(cat "$GUEST_DIR/kernel-package")"
 }
 
-if [ ! -s "$GUEST_DIR/vmlinuz" ] || [ ! -s "$GUEST_DIR/modules/load.list" ]; then
+if [ ! -s "$GUEST_DIR/vmlinuz" ] || [ ! -s "$GUEST_DIR/modules/load.list" ] ||
+   [ "$(cat "$GUEST_DIR/modules/want" 2>/dev/null)" != "${MODULES[*]}" ]; then
   rm -f "$GUEST_DIR/initramfs.cpio.gz"
   fetch_kernel
 fi
@@ -247,7 +254,7 @@ pass() { say "PASS (uptime $(up)s)"; finish; }
 say "init started (uptime $(up)s)"
 
 TEST=9p PORT=564 HOST=10.0.2.2 WATCHDOG=150 ANAME='' IP='' GW=''
-ALIAS=192.168.65.2 HTTP='' FILE=big SHA='' SINK='' UDP='' TOKEN=berth CLOSED='' GPORT=564
+ALIAS=192.168.65.2 HTTP='' FILE=big SHA='' SINK='' UDP='' TOKEN=berth CLOSED='' GPORT=564 FPORT=
 for w in $(cat /proc/cmdline); do
   case "$w" in
     berth.test=*) TEST=${w#*=} ;;
@@ -266,6 +273,7 @@ for w in $(cat /proc/cmdline); do
     berth.token=*) TOKEN=${w#*=} ;;
     berth.closed=*) CLOSED=${w#*=} ;;
     berth.gport=*) GPORT=${w#*=} ;;
+    berth.fport=*) FPORT=${w#*=} ;;
   esac
 done
 if [ "$TEST" = net ]; then
@@ -289,9 +297,11 @@ while [ ! -e /sys/class/net/eth0 ]; do
 done
 ip link set lo up
 ip link set eth0 up || fail "ip link set eth0 up"
-ip addr add "$IP" dev eth0 || fail "ip addr add $IP"
-ip route add default via "$GW" || fail "ip route add default via $GW"
-say "net up: eth0 $IP gw $GW (uptime $(up)s)"
+if [ "$TEST" != services ]; then
+  ip addr add "$IP" dev eth0 || fail "ip addr add $IP"
+  ip route add default via "$GW" || fail "ip route add default via $GW"
+  say "net up: eth0 $IP gw $GW (uptime $(up)s)"
+fi
 
 test_9p() {
   opts="trans=tcp,port=$PORT,version=9p2000.L${ANAME:+,aname=$ANAME}"
@@ -454,8 +464,74 @@ test_net() {
   [ -z "$NOTOK" ] || fail "net checks failed: $NOTOK"
 }
 
+# DHCP at boot, DNS through the gateway, and a port forward made from inside
+# the guest through the control tree.
+test_services() {
+  NOTOK=''
+  ok() { say "ok $*"; }
+  notok() { say "not ok $1: $2"; NOTOK="$NOTOK $1"; }
+  mkdir -p /etc
+  cat >/tmp/dhcp.sh <<'DHCP'
+#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    ip route add default via "$router" 2>/dev/null
+    { echo "nameserver $dns"; echo "search $domain"; } >/etc/resolv.conf
+    echo "ip=$ip router=$router dns=$dns domain=$domain mtu=$mtu lease=$lease" >/tmp/lease ;;
+esac
+DHCP
+  chmod +x /tmp/dhcp.sh
+  if out=$(timeout 60 udhcpc -i eth0 -n -q -t 10 -T 2 -x hostname:bguest -O mtu -O search -s /tmp/dhcp.sh 2>&1); then
+    lease=$(cat /tmp/lease)
+    ok "dhcp: $lease"
+  else
+    echo "$out"; fail "udhcpc got no lease"
+  fi
+  ip=$(sed -n 's/.*ip=\([0-9.]*\).*/\1/p' /tmp/lease)
+  case "$lease" in *"router=192.168.65.1 dns=192.168.65.1 domain=berth.internal"*) ok "dhcp options" ;;
+    *) notok "dhcp options" "$lease" ;; esac
+  say "net up: eth0 $ip by DHCP (uptime $(up)s)"
+
+  for q in "host.berth.internal 192.168.65.2" "gateway.berth.internal 192.168.65.1" \
+           "bguest.berth.internal $ip" "upstream.test 10.9.8.7"; do
+    set -- $q
+    out=$(timeout 20 nslookup "$1" 2>&1)
+    if echo "$out" | grep -q "Address: $2\$"; then ok "dns $1 is $2"; else echo "$out"; notok "dns $1" "want $2"; fi
+  done
+  out=$(timeout 20 nslookup nothing-here.berth.internal 2>&1)
+  case "$out" in *NXDOMAIN*) ok "dns nxdomain" ;; *) echo "$out"; notok "dns nxdomain" "no NXDOMAIN" ;; esac
+
+  mkdir -p /www
+  echo "$TOKEN" >/www/index.html
+  httpd -p 8080 -h /www || fail "httpd"
+  opts="trans=tcp,port=564,version=9p2000.L"
+  err=$(timeout 60 mount -t 9p -o "$opts" 192.168.65.1 /mnt 2>&1) || fail "9p mount of the gateway: $err"
+  if err=$( (echo "tcp:127.0.0.1:$FPORT:tcp:$ip:8080" >/mnt/ports/ctl) 2>&1 ); then ok "forward written"
+  else fail "echo spec > /mnt/ports/ctl: $err"; fi
+  if err=$( (echo "tcp:nonsense" >/mnt/ports/ctl) 2>&1 ); then notok "bad spec refused" "it was accepted"
+  else
+    case "$err" in *"Invalid argument"*) ok "bad spec refused: $err" ;; *) notok "bad spec refused" "$err" ;; esac
+  fi
+  id=''
+  for f in /mnt/ports/[0-9]*; do grep -q ":$FPORT:tcp:$ip:8080" "$f" 2>/dev/null && id=${f##*/}; done
+  [ -n "$id" ] || fail "no /mnt/ports/N for the forward"
+  say "FORWARD-READY $FPORT id $id"
+  i=0
+  until grep -q '^total [1-9]' "/mnt/ports/$id"; do
+    i=$((i + 1)); [ $i -le 120 ] || break; sleep 0.5
+  done
+  if grep -q '^total [1-9]' "/mnt/ports/$id"; then ok "forward used: $(tr '\n' ' ' <"/mnt/ports/$id")"
+  else notok "forward used" "the host did not connect within 60 s"; fi
+  if err=$( (echo "rm $id" >/mnt/ports/ctl) 2>&1 ); then ok "forward removed"; else notok "forward removed" "$err"; fi
+  umount /mnt || notok umount "failed"
+  [ -z "$NOTOK" ] || fail "services checks failed: $NOTOK"
+}
+
 case "$TEST" in
   9p) test_9p ;;
+  services) test_services ;;
   net) test_net ;;
   boot) ;;
   *) fail "unknown berth.test=$TEST" ;;

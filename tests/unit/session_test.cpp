@@ -697,7 +697,7 @@ TEST_CASE("a state file's content is the snapshot taken at open, for that fid", 
   CHECK(c.read(101) == "second, longer\n");
 }
 
-TEST_CASE("echo > a writable state file: the text is stored at clunk", "[session][state]") {
+TEST_CASE("echo > a writable state file: whole lines are stored at the write, the rest at clunk", "[session][state]") {
   Rig rig;
   Conn c(rig);
   c.start();
@@ -707,9 +707,15 @@ TEST_CASE("echo > a writable state file: the text is stored at clunk", "[session
   CHECK(c.rpc(tgetattr(100)).size == 0);
   Fcall w = c.rpc(twrite(100, 0, "text\n"));
   CHECK(w.count == 5);
-  CHECK(rig.stored.empty());
+  CHECK(rig.stored == std::vector<std::string>{"text\n"});  // so a bad line fails echo's write
   CHECK(name_of(c.rpc(tclunk(100))) == "Rclunk");
-  CHECK(rig.stored == std::vector<std::string>{"text\n"});
+  CHECK(rig.stored.size() == 1);
+  // Without a final newline the text waits for the clunk.
+  c.open(101, {"rw"}, kWronly | kTrunc);
+  c.rpc(twrite(101, 0, "more"));
+  CHECK(rig.stored.size() == 1);
+  CHECK(name_of(c.rpc(tclunk(101))) == "Rclunk");
+  CHECK(rig.stored.back() == "more");
 }
 
 TEST_CASE("Tfsync stores a writable state file before clunk", "[session][state]") {
@@ -717,9 +723,10 @@ TEST_CASE("Tfsync stores a writable state file before clunk", "[session][state]"
   Conn c(rig);
   c.start();
   c.open(100, {"rw"}, kWronly | kTrunc);
-  c.rpc(twrite(100, 0, "a\n"));
+  c.rpc(twrite(100, 0, "a"));
+  CHECK(rig.stored.empty());
   CHECK(name_of(c.rpc(of_type(Tfsync, 100))) == "Rfsync");
-  CHECK(rig.stored == std::vector<std::string>{"a\n"});
+  CHECK(rig.stored == std::vector<std::string>{"a"});
   c.rpc(tclunk(100));
   CHECK(rig.stored.size() == 1);
 }

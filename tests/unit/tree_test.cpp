@@ -284,9 +284,9 @@ TEST_CASE("a writable StateFile stores the written content at close", "[tree][st
     auto n = h->write(0, as_bytes(a));
     REQUIRE(n);
     CHECK(n.value() == a.size());
-    CHECK(stored.empty());  // nothing is stored before close
+    CHECK(stored == Strings{"aa:bb 10.0.0.5\n"});  // a whole line is stored at once
     CHECK(h->close());
-    CHECK(stored == Strings{"aa:bb 10.0.0.5\n"});
+    CHECK(stored == Strings{"aa:bb 10.0.0.5\n"});  // and not again
   }
   SECTION("open without truncate overwrites in place from the snapshot") {
     auto h = open_ok(f, Access::ReadWrite);
@@ -355,12 +355,18 @@ TEST_CASE("a writable StateFile stores the written content at close", "[tree][st
   }
 }
 
-TEST_CASE("a StateFile store failure is the close result", "[tree][state]") {
+TEST_CASE("a StateFile store failure fails the write of a whole line, else the close", "[tree][state]") {
   StateFile f("static", "", [] { return std::string(); },
               [](std::string_view) -> Result<void> { return make_error(EINVAL, "line 1: bad MAC"); });
   auto h = open_ok(f, Access::Write, true);
   std::string a = "zz\n";
-  REQUIRE(h->write(0, as_bytes(a)));
+  auto w = h->write(0, as_bytes(a));
+  REQUIRE_FALSE(w);
+  CHECK(w.error().code == EINVAL);
+  CHECK(w.error().message == "line 1: bad MAC");
+  h = open_ok(f, Access::Write, true);
+  std::string b = "zz";
+  REQUIRE(h->write(0, as_bytes(b)));
   auto c = h->close();
   REQUIRE_FALSE(c);
   CHECK(c.error().code == EINVAL);
