@@ -477,7 +477,7 @@ else
   [ "$sent" = "$got" ] && [ "$sent" -gt 0 ] && ok "berth sent $sent queries upstream, dnsmasq received $got" \
     || fail "berth sent $sent queries upstream, dnsmasq logged $got"
   out=$(CTL write /dns/hosts "not-an-address db.local" 2>&1); rc=$?
-  [ $rc -eq 1 ] && grep -q ERROR <<<"$out" && ok "a bad /dns/hosts write fails: '$out'" || fail "bad /dns/hosts write: rc=$rc '$out' (wanted exit 1 and ERROR)"
+  [ $rc -eq 1 ] && grep -q "Invalid argument (EINVAL)" <<<"$out" && ok "a bad /dns/hosts write fails: '$out'" || fail "bad /dns/hosts write: rc=$rc '$out' (wanted exit 1 and EINVAL)"
   CTL cat /dns/hosts 2>&1 | grep -q "^192.168.65.77 *db.local" && ok "/dns/hosts unchanged after the bad write" \
     || { fail "/dns/hosts changed by a bad write"; CTL cat /dns/hosts | show; }
   if command -v dig >/dev/null; then
@@ -596,7 +596,7 @@ if [ $HAVE_DHCP -eq 1 ] && [ $HAVE_UDHCPC -eq 1 ]; then
   [ $? -eq 0 ] && grep -qi "^02:00:00:00:00:43 192.168.65.43 other" "$TMP/static2" && ok "write /dhcp/static: '$out'" \
     || { fail "write /dhcp/static: '$out'"; show "$TMP/static2"; }
   out=$(CTL write /dhcp/static "nonsense" 2>&1); rc=$?
-  [ $rc -eq 1 ] && grep -q ERROR <<<"$out" && ok "a bad /dhcp/static write fails: '$out'" || fail "bad /dhcp/static write: rc=$rc '$out' (wanted exit 1 and ERROR)"
+  [ $rc -eq 1 ] && grep -q "Invalid argument (EINVAL)" <<<"$out" && ok "a bad /dhcp/static write fails: '$out'" || fail "bad /dhcp/static write: rc=$rc '$out' (wanted exit 1 and EINVAL)"
   CTL cat /dhcp/static >"$TMP/static3" 2>&1
   cmp -s "$TMP/static2" "$TMP/static3" && ok "/dhcp/static unchanged after the bad write" || { fail "/dhcp/static changed by a bad write"; show "$TMP/static3"; }
 fi
