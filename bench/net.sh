@@ -45,6 +45,22 @@
 #   BENCH_NET_DOC     the markdown file to update (default docs/BENCHMARKS.md)
 #   BENCH_NET_DIAG    where diagnostics of failed berth runs are kept
 #                     (default /tmp/berth-bench-net-diag.PID; made only on failure)
+#   BENCH_NET_CAPTURE 1: measure packet capture's cost instead (issue 5). No
+#                     peers; the translators are three configurations of berth,
+#                     taking turns the same way: "berth" with no capture rules
+#                     (every rule removed through /pcap/ctl), "berth-all" with
+#                     only the `all` rule (every frame, both ways, into a 1 MiB
+#                     ring, snaplen 256) and "berth-defaults" with the four
+#                     default rules. The report gives the medians of the
+#                     per-round ratios berth-all/berth and berth-defaults/berth,
+#                     in the section between <!-- net-capture:begin --> and
+#                     <!-- net-capture:end -->. Needs a berth with /pcap.
+#                     Then, steadier than any time: each configuration once
+#                     more under valgrind --tool=callgrind, moving a fixed
+#                     BENCH_NET_CG_BYTES each way with iperf3 -n; the report
+#                     gives berth's user-space instructions per frame.
+#   BENCH_NET_CG_BYTES bytes per direction for the callgrind runs (iperf3 -n;
+#                     default 20M; 0 skips them)
 #
 # Exit status: 0 done (slowness never fails it; runs that fail are counted and
 # reported), 1 a translator could not be started at all, 2 bad usage,
@@ -80,6 +96,9 @@ for p in $PEERS_WANTED; do
   case "$p" in pasta | slirp4netns) ;; *) say "BENCH_NET_PEERS: unknown peer '$p'"; exit 2 ;; esac
 done
 [ "$ROUNDS" -ge 5 ] || say "warning: $ROUNDS rounds; at least 5 are recommended"
+CAPTURE=${BENCH_NET_CAPTURE:-0}
+case "$CAPTURE" in 0 | 1) ;; *) say "BENCH_NET_CAPTURE must be 0 or 1"; exit 2 ;; esac
+[ "$CAPTURE" = 0 ] || PEERS_WANTED=""   # berth against itself, with and without capture
 
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 [ "$(id -u)" -eq 0 ] || skip "needs root (network namespaces, TAP devices)"
@@ -112,6 +131,7 @@ for p in $PEERS_WANTED; do
   if command -v "$p" >/dev/null 2>&1; then PEERS+=("$p"); else NA[$p]="not installed, and apt-get install failed"; say "$p: n/a (${NA[$p]})"; fi
 done
 TRANSLATORS=(berth "${PEERS[@]}")
+[ "$CAPTURE" = 0 ] || TRANSLATORS=(berth berth-all berth-defaults)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/berth-benchnet.XXXXXX")
 # Run a copy, so that a rebuild during the benchmark cannot mix two versions.
@@ -260,11 +280,13 @@ NSX() { timeout "${T:-30}" ip netns exec "$NS" "$@"; }
 # control socket) and TCMD (the translator's command line). Returns non-zero,
 # with the reason in $TMP/setup.err, if the namespace cannot reach the host.
 BERTH_EXTRA=()
+BERTH_PREFIX=()   # a wrapper for berth (valgrind, in the callgrind runs)
 if "$BERTH" serve --help 2>&1 | grep -q -- '--dns-upstream'; then
   # Nothing here queries DNS, but keep the forwarder on loopback anyway.
   BERTH_EXTRA=(--dns-upstream 127.0.0.1:53)
 fi
 declare -A TCMD_SHOWN=()
+declare -A RULES_SHOWN=()
 setup() {
   local name=$1 mtu=$2 dev
   NSSEQ=$((NSSEQ + 1))
@@ -274,12 +296,12 @@ setup() {
   ip netns add "$NS" 2>>"$TMP/setup.err" || { NS=""; return 1; }
   NSX ip link set lo up
   case "$name" in
-    berth)
+    berth | berth-all | berth-defaults)
       SOCK=$TMP/berth-$NSSEQ.sock
-      TCMD=("$BERTH" serve --link "tap:bt0@$NS" --9p "unix:$SOCK" --mtu "$mtu" "${BERTH_EXTRA[@]}" --log-level "$BERTH_LOG")
+      TCMD=("${BERTH_PREFIX[@]}" "$BERTH" serve --link "tap:bt0@$NS" --9p "unix:$SOCK" --mtu "$mtu" "${BERTH_EXTRA[@]}" --log-level "$BERTH_LOG")
       "${TCMD[@]}" >"$TMP/translator.out" 2>"$TMP/translator.err" &
       TPID=$!
-      for _ in $(seq 1 100); do
+      for _ in $(seq 1 $((${#BERTH_PREFIX[@]} ? 600 : 100))); do
         [ -S "$SOCK" ] && NSX ip link show bt0 >/dev/null 2>&1 && break
         kill -0 "$TPID" 2>/dev/null || break
         sleep 0.1
@@ -292,6 +314,17 @@ setup() {
       NSX ip link set bt0 up
       NSX ip route add default via 192.168.65.1
       HOSTIP=192.168.65.2
+      if [ "$CAPTURE" = 1 ]; then  # the capture rules of this configuration
+        local drop="" r
+        case "$name" in berth) drop="all dns dhcp icmp" ;; berth-all) drop="dns dhcp icmp" ;; esac
+        if ! timeout 10 "$BERTH" ctl --9p "unix:$SOCK" stat /pcap/ctl >/dev/null 2>&1; then
+          echo "this berth has no /pcap (tools/serve.cpp must wire pcap-ring)" >>"$TMP/setup.err"; return 1
+        fi
+        for r in $drop; do
+          timeout 10 "$BERTH" ctl --9p "unix:$SOCK" write /pcap/ctl "rm $r" >/dev/null 2>>"$TMP/setup.err" || return 1
+        done
+        RULES_SHOWN[$name]=$(timeout 10 "$BERTH" ctl --9p "unix:$SOCK" cat /pcap/rules | awk '{print $1}' | tr '\n' ' ')
+      fi
       ;;
     pasta)
       TCMD=(pasta --runas 0 --config-net --netns "/run/netns/$NS" -f -t none -u none -T none -U none --mtu "$mtu" -l "$TMP/pasta.log")
@@ -333,7 +366,7 @@ setup() {
 }
 
 diag_berth() {  # $1 label: keep berth's view of a failed run
-  [ "$CUR" = berth ] || return 0
+  [[ "$CUR" == berth* ]] || return 0
   mkdir -p "$DIAG"
   local file=$DIAG/$1
   {
@@ -387,12 +420,12 @@ iperf_run() {  # mtu dir(up|down) round
   local mtu=$1 dir=$2 round=$3 t0 t1 rc=0 args=() parsed snap="" watch=""
   [ "$dir" = down ] && args=(-R)
   kill -0 "$IPERF_PID" 2>/dev/null || start_iperf_server
-  if [ "$CUR" = berth ] && [ "$dir" = up ] && [ ! -s "$FLOWS_SNAPSHOT.$mtu" ]; then
+  if [ "$CUR" = berth ] && [ "$dir" = up ] && [ ! -s "$FLOWS_SNAPSHOT.$mtu" ] && [ "$CAPTURE" = 0 ]; then
     ( sleep 1; timeout 10 "$BERTH" ctl --9p "unix:$SOCK" cat /net/flows >"$FLOWS_SNAPSHOT.$mtu" 2>&1 ) &
     snap=$!
   fi
   rm -f "$TMP/stall.dump"
-  if [ "$CUR" = berth ]; then
+  if [[ "$CUR" == berth* ]]; then
     stall_watch "$TMP/stall.dump" &
     watch=$!
   fi
@@ -490,6 +523,45 @@ for mtu in $MTUS; do
   done
 done
 
+# --- capture: instructions under callgrind -----------------------------------------------
+CG_BYTES=${BENCH_NET_CG_BYTES:-20M}
+CG="$TMP/cg.tsv"   # translator instructions frames bytes
+: >"$CG"
+if [ "$CAPTURE" = 1 ] && [ "$CG_BYTES" != 0 ]; then
+  command -v valgrind >/dev/null 2>&1 || apt_install valgrind
+  if command -v valgrind >/dev/null 2>&1 && command -v callgrind_annotate >/dev/null 2>&1; then
+    mtu=${MTUS%% *}
+    for CUR in "${TRANSLATORS[@]}"; do
+      BERTH_PREFIX=(valgrind --tool=callgrind "--callgrind-out-file=$TMP/callgrind.$CUR")
+      if setup "$CUR" "$mtu"; then
+        ok=1
+        callgrind_control -z "$TPID" >/dev/null 2>&1 || true  # count the transfers only, not start-up
+        T=600 NSX iperf3 -c "$HOSTIP" -p "$IPORT" -n "$CG_BYTES" --connect-timeout 20000 >"$TMP/cg-iperf.out" 2>&1 || ok=0
+        T=600 NSX iperf3 -c "$HOSTIP" -p "$IPORT" -n "$CG_BYTES" --connect-timeout 20000 -R >>"$TMP/cg-iperf.out" 2>&1 || ok=0
+        frames=$(timeout 60 "$BERTH" ctl --9p "unix:$SOCK" cat /net/stats 2>/dev/null | awk '$1 == "frames_in" || $1 == "frames_out" {n += $2} END {print n + 0}')
+        kill -TERM "$TPID" 2>/dev/null || true
+        for _ in $(seq 1 600); do kill -0 "$TPID" 2>/dev/null || break; sleep 0.1; done
+        wait "$TPID" 2>/dev/null || true
+        TPID=""
+        ir=$(callgrind_annotate "$TMP/callgrind.$CUR" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+        if [ "$ok" = 1 ] && [ -n "$ir" ] && [ "$frames" -gt 0 ]; then
+          printf '%s\t%s\t%s\n' "$CUR" "$ir" "$frames" >>"$CG"
+          say "callgrind $CUR: $ir instructions, $frames frames"
+        else
+          say "callgrind $CUR: failed ($(tail -n 3 "$TMP/cg-iperf.out" | tr '\n' ' '))"
+        fi
+      else
+        say "callgrind $CUR: setup failed: $(tr '\n' ' ' <"$TMP/setup.err")"
+      fi
+      teardown
+      start_iperf_server
+    done
+    BERTH_PREFIX=()
+  else
+    say "valgrind is missing: no callgrind runs"
+  fi
+fi
+
 # --- report ------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
 BERTH_VERSION=$("$BERTH" --version 2>/dev/null || echo unknown)
@@ -513,6 +585,177 @@ for mtu in $MTUS; do
 done
 export ROOT RAW DOC TIME ROUNDS MTUS CONNS CLK_TCK BERTH_VERSION PASST_VERSION SLIRP_VERSION IPERF_VERSION NPROC KERNEL \
   CPU_MODEL WHEN BERTH_REL TREE NA_TEXT CMDS TMP IPORT EPORT PEERS_WANTED DIAG
+if [ "$CAPTURE" = 1 ]; then
+  RULES_TEXT=""
+  for t in "${TRANSLATORS[@]}"; do RULES_TEXT+="$t: ${RULES_SHOWN[$t]:-(none)}; "; done
+  export RULES_TEXT CG CG_BYTES
+  python3 - <<'PY'
+import os, statistics, sys
+
+env = os.environ
+rounds, tck, conns = int(env["ROUNDS"]), int(env["CLK_TCK"]), int(env["CONNS"])
+mtus = env["MTUS"].split()
+runs, fails, stalls = {}, [], []
+for line in open(env["RAW"]):
+    mtu, test, rnd, tr, rate, amount, ticks, status, note = line.rstrip("\n").split("\t")
+    if status != "ok":
+        fails.append((mtu, test, rnd, tr, note))
+        continue
+    kv = dict(x.split("=", 1) if "=" in x else (x, "") for x in note.split(";") if x)
+    if "stalled" in kv:
+        stalls.append((mtu, test, rnd, tr, kv["stalled"]))
+    rate, amount, ticks = float(rate), float(amount), int(ticks)
+    if test == "crr":
+        cost = ticks / tck * 1e3 / amount * 1000 if amount > 0 else None
+    else:
+        cost = ticks / tck / (amount / 1e9) if amount > 0 else None
+    runs[(mtu, test, int(rnd), tr)] = (rate, cost)
+
+TESTS = [("up", "iperf3, namespace -> host"), ("down", "iperf3 -R, host -> namespace"),
+         ("crr", "short TCP connections")]
+VARIANTS = [("berth-all", "all"), ("berth-defaults", "defaults")]
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def ratios(mtu, test, v, idx):
+    out = []
+    for r in range(1, rounds + 1):
+        b, p = runs.get((mtu, test, r, "berth")), runs.get((mtu, test, r, v))
+        if b and p and p[idx] is not None and b[idx]:
+            out.append(p[idx] / b[idx])
+    return out
+
+
+L = ["<!-- net-capture:begin -->", "## Network: the cost of packet capture (berth with capture rules vs none)", ""]
+L.append("Generated by `BENCH_NET_CAPTURE=1 bench/net.sh` on %s. Machine: %s CPUs (%s), kernel %s. berth: `%s` (`%s`; "
+         "source tree %s when the run began); iperf3 %s." % (
+             env["WHEN"], env["NPROC"], env["CPU_MODEL"] or "unknown", env["KERNEL"], env["BERTH_VERSION"],
+             env["BERTH_REL"], env["TREE"], env["IPERF_VERSION"]))
+L.append("")
+L.append(
+    "The same berth binary runs in three configurations that take turns, none, all, defaults, none, ... "
+    "(%d rounds per MTU), each turn with a fresh namespace and a fresh berth process: **none** has every "
+    "capture rule removed through `/pcap/ctl` (the link wrapper's one branch is all that is left), **all** keeps "
+    "only the `all` rule (every frame, both ways, recorded with a nanosecond timestamp into a 1 MiB ring, "
+    "snaplen 256), **defaults** keeps the four rules berth starts with (`all`, and the tcpdump filters "
+    "`port 53`, `port 67 or port 68`, `icmp` run by libpcap on every frame). Tests as in the section above: "
+    "iperf3 -t %s up and down between the namespace and the host's 127.0.0.1, and %d short TCP connections. "
+    "Each number is the **median over rounds of the per-round ratio configuration/none**: the rate ratio "
+    "should be near 1 (above is better), the CPU ratio (CPU-seconds per GB, CPU-ms per 1000 connections) near "
+    "1 (below is better). Nobody reads the rings during the runs." % (rounds, env["TIME"], conns))
+L.append("")
+L.append("| MTU | test | rounds | rate all/none | CPU per unit all/none | rate defaults/none | CPU per unit defaults/none |")
+L.append("|---:|---|---:|---:|---:|---:|---:|")
+summary = {}
+for mtu in mtus:
+    for test, desc in TESTS:
+        row = "| %s | %s |" % (mtu, desc)
+        n = None
+        cells = ""
+        for v, short in VARIANTS:
+            rr, rc = ratios(mtu, test, v, 0), ratios(mtu, test, v, 1)
+            summary[(mtu, test, v)] = (med(rr), med(rc))
+            n = len(rr) if n is None else min(n, len(rr))
+            rng = " (%.2f-%.2f)" % (min(rr), max(rr)) if rr else ""
+            cells += " %s%s | %s |" % (fmt(med(rr)), rng, fmt(med(rc)))
+        L.append(row + " %d |" % n + cells)
+L.append("")
+L.append("Rate ratio: median (min-max over rounds).")
+L.append("")
+cg = {}
+for line in open(env["CG"]):
+    tr, ir, frames = line.split()
+    cg[tr] = (int(ir), int(frames))
+if "berth" in cg:
+    base = cg["berth"][0] / cg["berth"][1]
+    L.append("Instructions (steadier than any time): each configuration once more, under `valgrind --tool=callgrind`, "
+             "while iperf3 moves %s bytes each way (`iperf3 -n %s`, then `-R`) at MTU %s. Frames: `/net/stats` "
+             "frames_in + frames_out; counters zeroed (`callgrind_control -z`) once the namespace is up, so start-up "
+             "is not counted. Callgrind counts berth's user-space instructions only; the kernel's share "
+             "of the work (tap and socket I/O) is in the CPU columns above." % (
+                 env["CG_BYTES"], env["CG_BYTES"], mtus[0]))
+    L.append("")
+    L.append("| configuration | instructions | frames | instructions per frame | ratio to none | added per frame |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for t in ("berth", "berth-all", "berth-defaults"):
+        if t in cg:
+            ir, fr = cg[t]
+            short = {"berth": "none", "berth-all": "all", "berth-defaults": "defaults"}[t]
+            L.append("| %s | %d | %d | %.0f | %.3f | %+.0f |" % (short, ir, fr, ir / fr, (ir / fr) / base, ir / fr - base))
+    L.append("")
+L.append("Medians of the absolute numbers (noisy; for orientation only):")
+L.append("")
+trs = ["berth", "berth-all", "berth-defaults"]
+names = {"berth": "none", "berth-all": "all", "berth-defaults": "defaults"}
+L.append("| MTU | test |" + "".join(" %s rate | %s CPU |" % (names[t], names[t]) for t in trs))
+L.append("|---:|---|" + "---:|---:|" * len(trs))
+for mtu in mtus:
+    for test, desc in TESTS:
+        row = "| %s | %s |" % (mtu, test)
+        for t in trs:
+            vals = [runs[k] for k in runs if k[0] == mtu and k[1] == test and k[3] == t]
+            rate = med([v[0] for v in vals]); cost = med([v[1] for v in vals if v[1] is not None])
+            if test == "crr":
+                row += " %s conn/s | %s ms/1000 conn |" % (fmt(rate, ".0f"), fmt(cost, ".0f"))
+            else:
+                row += " %s Gbit/s | %s s/GB |" % (fmt(None if rate is None else rate / 1e9, ".2f"), fmt(cost, ".2f"))
+        L.append(row)
+L.append("")
+aims = []
+for mtu in mtus:
+    for test in ("up", "down"):
+        s = summary.get((mtu, test, "berth-all"))
+        if s and s[0] is not None and s[1] is not None:
+            aims.append("MTU %s %s: throughput %.3fx no capture (aim >= 0.95: %s), CPU/GB %.3fx (aim <= 1.05: %s)" % (
+                mtu, test, s[0], "met" if s[0] >= 0.95 else "NOT met", s[1], "met" if s[1] <= 1.05 else "NOT met"))
+if aims:
+    L.append("Against the aim of issue 5 (the `all` rule within 5% of no capture):")
+    L.append("")
+    L += ["- " + a for a in aims]
+    L.append("")
+if fails:
+    L.append("**%d run(s) failed** and are left out of the ratios:" % len(fails))
+    L.append("")
+    for mtu, test, rnd, tr, note in fails:
+        L.append("- %s, MTU %s, %s, round %s: %s" % (tr, mtu, test, rnd, note.replace("|", "/")))
+    L.append("")
+if stalls:
+    L.append("**Stalls** (a 1-s iperf3 interval that moved less than 1%% of the busiest one; kept in the numbers): %s." %
+             "; ".join("%s MTU %s %s round %s" % (tr, mtu, test, rnd) for mtu, test, rnd, tr, _ in stalls))
+    L.append("")
+L.append("Command lines ($TMP is the script's temporary directory; NS a fresh namespace per turn):")
+L.append("")
+L.append("```")
+L.append("BENCH_NET_CAPTURE=1 BENCH_NET_TIME=%s BENCH_NET_ROUNDS=%d BENCH_NET_MTUS='%s' BENCH_NET_CONNS=%d bench/net.sh %s" % (
+    env["TIME"], rounds, env["MTUS"], conns, env["BERTH_REL"]))
+for line in open(env["CMDS"]):
+    tr, mtu, cmd = line.rstrip("\n").split("\t", 2)
+    if cmd and tr == "berth":
+        L.append("%s    # every configuration, MTU %s" % (cmd, mtu))
+L.append("berth ctl --9p unix:$TMP/berth-N.sock write /pcap/ctl 'rm R'    # none: R = all dns dhcp icmp; "
+         "all: R = dns dhcp icmp; defaults: none removed")
+L.append("# rules left, as /pcap/rules listed them: %s" % env["RULES_TEXT"].strip())
+L.append("iperf3 -s -B 127.0.0.1 -p %s; python3 $TMP/echo.py     # on the host" % env["IPORT"])
+L.append("ip netns exec NS iperf3 -c 192.168.65.2 -p %s -t %s --connect-timeout 5000 -J [-R]" % (env["IPORT"], env["TIME"]))
+L.append("ip netns exec NS python3 $TMP/crr.py 192.168.65.2 %s %d" % (env["EPORT"], conns))
+L.append("```")
+L.append("<!-- net-capture:end -->")
+section = "\n".join(L) + "\n"
+sys.path.insert(0, os.path.join(env["ROOT"], "bench"))
+from docsection import replace_section
+replace_section(env["DOC"], "net-capture", section)
+print(section)
+PY
+  say "updated $DOC (section net-capture)"
+  exit 0
+fi
 python3 - <<'PY'
 import os, statistics, sys
 

@@ -13,7 +13,7 @@ pkgs=(
   diod qemu-system-x86 busybox-static cpio kmod xz-utils iproute2 procps python3
   wget socat iperf3 iputils-ping curl dnsmasq-base isc-dhcp-client bind9-dnsutils
   libpcap-dev tcpdump tshark
-  zlib1g-dev qemu-utils
+  zlib1g-dev qemu-utils fio
 )
 
 missing=()

@@ -353,6 +353,10 @@ void Session::t_attach(Fcall& req) {
   }
   if (!f.path.back()->is_dir()) return reply_error(req.tag, ENOTDIR, "aname is not a directory");
   f.root_depth = f.path.size();
+  // Kept for OpenContext (audit lines); bounded, since it is client text.
+  f.uname = req.uname.substr(0, kMaxName);
+  if (f.uname.empty() && dialect_ != Dialect::P9_2000 && req.n_uname != kNoFid)
+    f.uname = fmt::format("uid {}", req.n_uname);
   Fcall r;
   r.type = Rattach;
   r.tag = req.tag;
@@ -419,6 +423,7 @@ void Session::t_walk(Fcall& req) {
   Fid nf;
   nf.path = std::move(path);
   nf.root_depth = f->root_depth;
+  nf.uname = f->uname;
   if (req.newfid == req.fid) {
     cancel_parked_for_fid(req.fid, true);
     if (f->file) (void)f->file->close();
@@ -437,7 +442,10 @@ void Session::t_open(Fcall& req, Access access, bool truncate) {
   if (n->is_dir() && wants_write(access)) return reply_error(req.tag, EISDIR, "is a directory");
   if ((wants_read(access) && !(n->perm() & 0400)) || (wants_write(access) && !(n->perm() & 0200)))
     return reply_error(req.tag, EACCES, "permission denied: " + n->name());
-  auto file = n->open(access, truncate && wants_write(access));
+  OpenContext client{peer_, f->uname, {}};
+  for (size_t i = 1; i < f->path.size(); i++) client.path += "/" + f->path[i]->name();
+  if (client.path.empty()) client.path = "/";
+  auto file = n->open_as(client, access, truncate && wants_write(access));
   if (!file) return reply_error(req.tag, file.error());
   f->file = std::move(file.value());
   f->access = access;

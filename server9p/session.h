@@ -73,6 +73,7 @@ class Session {
     uint64_t dir_offset = 0;            // 9P2000 directory reads: next byte offset
     size_t dir_index = 0;               //   ... and the entry it corresponds to
     bool waiting = false;               // a wait_readable is registered
+    std::string uname;                  // the attach's user, for OpenContext
     NodePtr node() const { return path.back(); }
   };
   struct Parked {

@@ -203,6 +203,13 @@ void Server::accept(Listener* l) {
     peer = fmt::format("tcp:{}:{}", ip, ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port));
   } else {
     peer = "unix:" + l->addr.path;
+    // Who is on the other end (for /audit): the kernel's credentials of the
+    // connecting process.
+    uv_os_fd_t fd;
+    struct ucred cred {};
+    socklen_t clen = sizeof(cred);
+    if (uv_fileno(&c->h.handle, &fd) == 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
+      peer += fmt::format(",pid={},uid={}", cred.pid, cred.uid);
   }
   spdlog::debug("9p: connection from {}", peer);
   c->session = std::make_unique<Session>(

@@ -58,6 +58,15 @@ class OpenFile {
   virtual void cancel_wait() {}
 };
 
+// Who opens a file, for components that account access (the pcap rings
+// write each open and read to /audit). The views are valid only during the
+// open call; a component that keeps them copies them.
+struct OpenContext {
+  std::string_view peer = "local";  // the transport's peer: "unix:PATH", "tcp:IP:PORT", "memory"
+  std::string_view uname;           // the attach's uname (9P2000.u/.L: "uid N" when it was empty)
+  std::string path;                 // the node's absolute path in the tree, "/pcap/all.pcap"
+};
+
 class Node : public std::enable_shared_from_this<Node> {
  public:
   Node(std::string name, uint32_t perm, std::string description, bool dir);
@@ -74,6 +83,12 @@ class Node : public std::enable_shared_from_this<Node> {
   virtual uint64_t size() const { return 0; }
   // Permission checks happen in the session; open only builds the state.
   virtual Result<std::unique_ptr<OpenFile>> open(Access access, bool truncate);
+  // Open on behalf of a known client. Sessions call this one; the default
+  // ignores the client and calls open(), so only nodes that care override it.
+  virtual Result<std::unique_ptr<OpenFile>> open_as(const OpenContext& client, Access access, bool truncate) {
+    (void)client;
+    return open(access, truncate);
+  }
   // Directory operations (files answer ENOTDIR).
   virtual std::vector<NodePtr> list() const { return {}; }
   virtual NodePtr lookup(std::string_view name) const;

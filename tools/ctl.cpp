@@ -110,10 +110,9 @@ int ctl_main(int argc, char** argv) {
                 S_ISDIR(a->mode) ? "directory" : "file", a->mode & 07777, (unsigned long long)a->size,
                 (unsigned long long)a->qid.path);
   } else if (cmd == "tail") {
+    // Stop (and clunk) when stdout goes away: `berth ctl tail X | tshark -c N` ends.
     auto r = c.tail(path, [](Bytes b) {
-      std::fwrite(b.data(), 1, b.size(), stdout);
-      std::fflush(stdout);
-      return true;
+      return std::fwrite(b.data(), 1, b.size(), stdout) == b.size() && std::fflush(stdout) == 0;
     });
     if (!r) return fail(path, r.error());
   }

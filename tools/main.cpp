@@ -6,13 +6,16 @@
 #include "tools/serve.h"
 #include "version.h"
 
+int qcow_main(int argc, char** argv);  // tools/qcow.cpp
+
 namespace {
 void usage(FILE* to) {
   std::fprintf(to,
                "usage: berth <command> [options]\n\n"
                "commands:\n"
                "  serve   serve the control tree over 9P (default: unix:%s)\n"
-               "  ctl     read and write the control tree: ls, cat, write, rm, mkdir, stat, tail\n\n"
+               "  ctl     read and write the control tree: ls, cat, write, rm, mkdir, stat, tail\n"
+               "  qcow    create, inspect, check, map and compact qcow2 images\n\n"
                "Run 'berth <command> --help' for a command's options. 'berth --version' prints the version.\n",
                default_socket_path().c_str());
 }
@@ -34,6 +37,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "serve") return serve_main(argc - 1, argv + 1);
   if (cmd == "ctl") return ctl_main(argc - 1, argv + 1);
+  if (cmd == "qcow") return qcow_main(argc - 1, argv + 1);
   std::fprintf(stderr, "berth: unknown command '%s'\n", cmd.c_str());
   usage(stderr);
   return 2;

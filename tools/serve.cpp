@@ -28,7 +28,12 @@
 #include "net/tcp.h"
 #include "net/tree.h"
 #include "net/udp.h"
+#include "pcap-ring/capture.h"
+#include "pcap-ring/link.h"
+#include "pcap-ring/tree.h"
+#include "pcap-ring/uv_wakeups.h"
 #include "server9p/base.h"
+#include "storage/disk.h"
 #include "server9p/transport.h"
 #include "tools/serve.h"
 #include "version.h"
@@ -47,7 +52,8 @@ void serve_usage(FILE* to) {
                "usage: berth serve [--9p unix:PATH|tcp:HOST:PORT]... [--link SPEC]... [--subnet CIDR] [--mtu N]\n"
                "                   [--host-loopback allow|deny] [--forward SPEC]... [--allow-privileged-ports]\n"
                "                   [--allowed-bind-addresses LIST] [--dhcp-static MAC=IP[=NAME]]...\n"
-               "                   [--hosts FILE] [--dns-upstream ADDR[:PORT]]... [--state-dir DIR] [--log-level L]\n\n"
+               "                   [--hosts FILE] [--dns-upstream ADDR[:PORT]]... [--state-dir DIR] [--log-level L]\n"
+               "                   [--disk ID=PATH[,format=qcow2|raw][,nbd=unix:PATH|tcp:127.0.0.1:PORT]]...\n\n"
                "Serve Berth's control tree over 9P2000.L (also 9P2000.u and 9P2000), and translate\n"
                "the guests' network traffic on the links into host socket calls.\n\n"
                "  --9p ADDR        listen on ADDR; repeatable. Default: unix:%s\n"
@@ -75,6 +81,8 @@ void serve_usage(FILE* to) {
                "  --dns-upstream ADDR[:PORT]\n"
                "                   resolver to forward DNS queries to ([v6]:port); repeatable.\n"
                "                   Default: the nameservers of /etc/resolv.conf (watched)\n"
+               "  --disk ID=PATH[,format=qcow2|raw][,nbd=unix:PATH|tcp:127.0.0.1:PORT]\n"
+               "                   a disk image: /disks/ID in the tree, exported over NBD when nbd= is given\n"
                "  --state-dir DIR  keep forwards, DHCP leases and reservations here across restarts\n"
                "  --log-level L    trace, debug, info (default), warn, error, off\n",
                default_socket_path().c_str());
@@ -83,7 +91,7 @@ void serve_usage(FILE* to) {
 }  // namespace
 
 int serve_main(int argc, char** argv) {
-  std::vector<std::string> addrs, link_specs, forward_specs, dhcp_statics, dns_upstreams;
+  std::vector<std::string> addrs, link_specs, forward_specs, dhcp_statics, dns_upstreams, disk_specs;
   std::string hosts_file;
   net::ForwardPolicy fwd_policy;
   std::string log_level = "info", state_dir;
@@ -137,6 +145,8 @@ int serve_main(int argc, char** argv) {
         std::fprintf(stderr, "berth serve: --allowed-bind-addresses: %s\n", r.error().message.c_str());
         return 2;
       }
+    } else if (a == "--disk") {
+      disk_specs.emplace_back(need("--disk"));
     } else if (a == "--dhcp-static") {
       dhcp_statics.emplace_back(need("--dhcp-static"));
     } else if (a == "--hosts") {
@@ -250,10 +260,16 @@ int serve_main(int argc, char** argv) {
     }
     std::printf("berth: forward %u is %s\n", *id, forwarder.bound_spec(*id)->c_str());
   }
+  // Packet capture: every link is wrapped, so rules see both directions.
+  pcap::CaptureSet captures(clock);
+  pcap::UvWakeups capture_wakeups(loop, captures);
+  pcap::mount_pcap_tree(tree, metrics, captures, base.audit, clock);
+
   std::vector<std::unique_ptr<net::FrameLink>> links;
   for (auto& spec_text : link_specs) {
     auto spec = net::parse_link_spec(spec_text);
     auto link = spec ? net::make_link(loop, *spec, net_cfg.mtu + 14) : Result<std::unique_ptr<net::FrameLink>>(spec.error());
+    if (link) link = pcap::wrap_link(std::move(link.value()), captures, uint32_t(links.size()));
     Result<uint32_t> port = link ? driver.attach(link->get()) : Result<uint32_t>(link.error());
     if (!port) {
       std::fprintf(stderr, "berth serve: --link %s: %s\n", spec_text.c_str(), port.error().message.c_str());
@@ -264,6 +280,18 @@ int serve_main(int argc, char** argv) {
     }
     std::printf("berth: link %u is %s %s\n", *port, (*link)->type().c_str(), (*link)->peer().c_str());
     links.push_back(std::move(link.value()));
+  }
+
+  // Disks: /disks/<id>, and NBD exports.
+  std::unique_ptr<storage::DiskSet> disks;
+  if (!disk_specs.empty()) {
+    auto d = storage::start_disks(loop, tree, metrics, disk_specs);
+    if (!d) {
+      std::fprintf(stderr, "berth serve: --disk: %s\n", d.error().message.c_str());
+      return 1;
+    }
+    disks = std::move(d.value());
+    for (auto& line : disks->announcements()) std::printf("%s\n", line.c_str());
   }
 
   p9::Server server(loop, tree, stats, clock);
@@ -288,13 +316,17 @@ int serve_main(int argc, char** argv) {
     std::vector<std::unique_ptr<net::FrameLink>>* links;
     net::NetDriver* driver;
     net::Forwarder* forwarder;
-  } stop{&server, {&sigint, &sigterm}, &links, &driver, &forwarder};
+    std::unique_ptr<storage::DiskSet>* disks;
+    pcap::UvWakeups* wakeups;
+  } stop{&server, {&sigint, &sigterm}, &links, &driver, &forwarder, &disks, &capture_wakeups};
   auto on_signal = [](uv_signal_t* h, int signum) {
     auto* s = static_cast<Stop*>(h->data);
     spdlog::info("caught signal {}, shutting down", signum);
     s->server->close();
     for (auto& l : *s->links) l->close();
     s->forwarder->close();
+    if (*s->disks) (*s->disks)->close();
+    s->wakeups->close();
     s->driver->close();
     // Host sockets of live flows would keep the loop alive: stop it; the
     // translators close their sockets as they are destroyed.

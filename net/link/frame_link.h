@@ -52,8 +52,10 @@ class FrameLink {
   // or no guest is attached). Lets senders with backpressure wait.
   virtual bool writable() const { return true; }
 
-  const LinkStats& stats() const { return stats_; }
-  void set_on_writable(std::function<void()> cb) { on_writable_ = std::move(cb); }
+  // Virtual so that a decorator (pcap-ring's capture wrapper) can pass both
+  // through to the link it wraps.
+  virtual const LinkStats& stats() const { return stats_; }
+  virtual void set_on_writable(std::function<void()> cb) { on_writable_ = std::move(cb); }
 
  protected:
   LinkStats stats_;
