@@ -106,6 +106,7 @@ Result<ForwardSpec> parse_forward_spec(std::string_view text) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   if (s.empty()) return bad(text, "empty");
   if (s.size() > 4096) return bad(text, "too long");
+  if (s.find('\0') != std::string_view::npos) return bad(text, "NUL in the spec");
   ForwardSpec spec;
   std::string why;
   std::string_view guest_proto;
@@ -131,7 +132,6 @@ Result<ForwardSpec> parse_forward_spec(std::string_view text) {
     if (s.substr(c1 + 1, c2 - c1 - 1) != "tcp") return bad(text, "a unix host end needs a tcp guest end");
     if (spec.host_path.empty() || spec.host_path[0] != '/') return bad(text, "the unix path must be absolute");
     if (spec.host_path.size() >= 108) return bad(text, "the unix path is longer than 107 bytes");
-    if (spec.host_path.find('\0') != std::string::npos) return bad(text, "NUL in the unix path");
     s.remove_prefix(c1 + 5);
   } else {
     return bad(text, "unknown protocol");
