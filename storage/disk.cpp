@@ -247,6 +247,7 @@ Result<std::string> Disk::command(std::string_view line) {
   uint64_t before = backend_->stats().file_size;
   if (auto r = io_->start_job(std::move(job.value())); !r) return r.error();
   file_before_ = before;
+  file_after_ = 0;
   spdlog::info("disk {}: started {}", id_, name);
   return "started " + name;
 }
@@ -262,8 +263,11 @@ std::string Disk::status_line() const {
       std::string text = st.text;
       if (text.starts_with(st.name + ": ")) text.erase(0, st.name.size() + 2);
       std::string file;
-      if (st.name == "compact" && file_before_ && file_after_)
-        file = fmt::format("file {} -> {}; ", human_bytes(file_before_), human_bytes(file_after_));
+      // (The status turns Done on the I/O thread a moment before the main
+      // loop hears of it and records the size: until then, ask the backend.)
+      uint64_t after = file_after_ ? file_after_ : backend_->stats().file_size;
+      if (st.name == "compact" && file_before_ && after)
+        file = fmt::format("file {} -> {}; ", human_bytes(file_before_), human_bytes(after));
       return fmt::format("OK {}: {}{} ({:.1f} s)", st.name, file, text, took);
     }
     case JobStatus::State::Failed: return fmt::format("ERROR {}: {}", st.name, st.text);
