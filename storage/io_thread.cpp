@@ -2,16 +2,17 @@
 //
 // Two queues cross the thread boundary, each under its own mutex: `queue_`
 // (main loop -> I/O thread, with a condition variable) and `done_` (I/O
-// thread -> main loop, announced through an eventfd that the loop polls;
-// the thread writes it only when `done_` was not already announced, so a
-// burst of completions costs one wakeup). A plain eventfd rather than
-// uv_async: uv_async's loop side spins (sched_yield) while a sender is
-// between its two atomic steps, which on a busy machine burns the very CPU
-// the I/O thread needs. The
-// thread takes the whole pending queue at once, runs it in order, handing
-// each op back as soon as it finishes, then runs one step of the current
-// job, and loops. Owners are plain pointers: an owner (an NBD connection)
-// stays alive while it has ops in flight, which it counts.
+// thread -> main loop, announced through an eventfd that the loop polls).
+// The thread takes the whole pending queue at once and runs it in order,
+// handing each op back as soon as it finishes; it wakes the main loop once
+// per batch (or every kWakeOps ops or kWakeMicros, for long batches), and
+// only when the previous wakeup was consumed, because each wakeup costs
+// syscalls on both sides. Then it runs one step of the current job, and
+// loops. A plain eventfd rather than uv_async: uv_async's loop side spins
+// (sched_yield) while a sender is between its two atomic steps, which on a
+// busy machine burns the very CPU the I/O thread needs. Owners are plain
+// pointers: an owner (an NBD connection) stays alive while it has ops in
+// flight, which it counts.
 //
 // Backpressure is counted on the main loop only (in_flight_): an op counts
 // from submit() until its owner got it back, so a client that submits

@@ -48,6 +48,8 @@ class Nbd:
         q = urllib.parse.parse_qs(u.query)
         self.name = u.path.lstrip("/")
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The handshake must not hang a test: 20 s, then transmission blocks.
+        self.s.settimeout(20)
         self.s.connect(q["socket"][0])
         self.buf = b""
         g = self.recv(18)
@@ -67,6 +69,7 @@ class Nbd:
                 break
             elif typ & 0x80000000:
                 raise RuntimeError("NBD_OPT_GO refused: %x %r" % (typ, d))
+        self.s.settimeout(None)
 
     def recv(self, n):
         while len(self.buf) < n:
@@ -98,6 +101,7 @@ def block_data(block, seq):
 
 def crash_workload(uri, state_path, seed, seconds):
     st = json.load(open(state_path)) if os.path.exists(state_path) else None
+    print("connecting", flush=True)
     c = Nbd(uri)
     print("ready", flush=True)
     nblocks = c.size // BLOCK

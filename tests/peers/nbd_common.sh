@@ -1,9 +1,9 @@
 # Shared setup for the NBD peer tests (sourced, not run).
 #
-# Expects NAME (the test's name) and the berth binary as $1 of the caller,
-# already in BERTH. BERTH_SERVE, when set, is the program run as
-# `$BERTH_SERVE serve ...` instead of `$BERTH serve` (for example the
-# test-only build/*/disk_serve, before berth serve takes --disk).
+# Expects NAME (the test's name) and the berth binary in BERTH. BERTH_SERVE,
+# when set, is the program run as `$BERTH_SERVE serve ...` instead of
+# `$BERTH serve` (another build of berth, say one with sanitizers); `ctl` and
+# `qcow` always come from BERTH.
 #
 # Provides: say, skip, fail, need_qemu_utils, start_berth ARGS..., stop_berth,
 # nbd_uri ID, ctl ARGS..., and cleanup on exit (TMP is removed).
