@@ -90,7 +90,10 @@ void serve_usage(FILE* to) {
 
 }  // namespace
 
-int serve_main(int argc, char** argv) {
+int serve_main(int argc, char** argv) { return serve_with(argc, argv, nullptr); }
+
+int serve_with(int argc, char** argv, ServeExtension* ext) {
+  const char* cmd = ext ? ext->command() : "serve";
   std::vector<std::string> addrs, link_specs, forward_specs, dhcp_statics, dns_upstreams, disk_specs;
   std::string hosts_file;
   net::ForwardPolicy fwd_policy;
@@ -100,15 +103,22 @@ int serve_main(int argc, char** argv) {
     std::string a = argv[i];
     auto need = [&](const char* what) -> const char* {
       if (i + 1 >= argc) {
-        std::fprintf(stderr, "berth serve: %s needs a value\n", what);
+        std::fprintf(stderr, "berth %s: %s needs a value\n", cmd, what);
         std::exit(2);
       }
       return argv[++i];
     };
     if (a == "--help" || a == "-h") {
+      if (ext) ext->usage(stdout);
       serve_usage(stdout);
       return 0;
-    } else if (a == "--9p") {
+    }
+    if (ext) {
+      int used = ext->parse_option(argc, argv, i);
+      if (used < 0) return 2;
+      if (used > 0) continue;
+    }
+    if (a == "--9p") {
       addrs.emplace_back(need("--9p"));
     } else if (a == "--log-level") {
       log_level = need("--log-level");
@@ -116,7 +126,7 @@ int serve_main(int argc, char** argv) {
       link_specs.emplace_back(need("--link"));
     } else if (a == "--subnet") {
       if (auto r = net_cfg.set_subnet(need("--subnet")); !r) {
-        std::fprintf(stderr, "berth serve: %s\n", r.error().message.c_str());
+        std::fprintf(stderr, "berth %s: %s\n", cmd, r.error().message.c_str());
         return 2;
       }
     } else if (a == "--mtu") {
@@ -126,13 +136,13 @@ int serve_main(int argc, char** argv) {
       auto r = (*v && end && !*end) ? net_cfg.set_mtu(uint32_t(std::min(m, 1ul << 20)))
                                     : Result<void>(make_error(EINVAL, std::string("bad MTU '") + v + "'"));
       if (!r) {
-        std::fprintf(stderr, "berth serve: %s\n", r.error().message.c_str());
+        std::fprintf(stderr, "berth %s: %s\n", cmd, r.error().message.c_str());
         return 2;
       }
     } else if (a == "--host-loopback") {
       std::string v = need("--host-loopback");
       if (v != "allow" && v != "deny") {
-        std::fprintf(stderr, "berth serve: --host-loopback takes allow or deny\n");
+        std::fprintf(stderr, "berth %s: --host-loopback takes allow or deny\n", cmd);
         return 2;
       }
       net_cfg.host_loopback = v == "allow";
@@ -142,7 +152,7 @@ int serve_main(int argc, char** argv) {
       fwd_policy.allow_privileged = true;
     } else if (a == "--allowed-bind-addresses") {
       if (auto r = fwd_policy.set_allowed(need("--allowed-bind-addresses")); !r) {
-        std::fprintf(stderr, "berth serve: --allowed-bind-addresses: %s\n", r.error().message.c_str());
+        std::fprintf(stderr, "berth %s: --allowed-bind-addresses: %s\n", cmd, r.error().message.c_str());
         return 2;
       }
     } else if (a == "--disk") {
@@ -156,21 +166,28 @@ int serve_main(int argc, char** argv) {
     } else if (a == "--state-dir") {
       state_dir = need("--state-dir");
     } else {
-      std::fprintf(stderr, "berth serve: unknown option '%s'\n", a.c_str());
+      std::fprintf(stderr, "berth %s: unknown option '%s'\n", cmd, a.c_str());
+      if (ext) ext->usage(stderr);
       serve_usage(stderr);
       return 2;
     }
   }
   if (auto r = setup_logging(log_level); !r) {
-    std::fprintf(stderr, "berth serve: %s\n", r.error().message.c_str());
+    std::fprintf(stderr, "berth %s: %s\n", cmd, r.error().message.c_str());
     return 2;
+  }
+  if (ext) {
+    if (auto r = ext->prepare(); !r) {
+      std::fprintf(stderr, "berth %s: %s\n", cmd, r.error().message.c_str());
+      return 1;
+    }
   }
   if (addrs.empty()) addrs.push_back("unix:" + default_socket_path());
   if (!state_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(state_dir, ec);
     if (ec) {
-      std::fprintf(stderr, "berth serve: cannot create state dir %s: %s\n", state_dir.c_str(), ec.message().c_str());
+      std::fprintf(stderr, "berth %s: cannot create state dir %s: %s\n", cmd, state_dir.c_str(), ec.message().c_str());
       return 1;
     }
   }
@@ -213,7 +230,7 @@ int serve_main(int argc, char** argv) {
   net::DhcpServer dhcp(stack, udp, clock, state_dir);
   for (auto& spec : dhcp_statics) {
     if (auto r = dhcp.add_static(spec); !r) {
-      std::fprintf(stderr, "berth serve: --dhcp-static %s: %s\n", spec.c_str(), r.error().message.c_str());
+      std::fprintf(stderr, "berth %s: --dhcp-static %s: %s\n", cmd, spec.c_str(), r.error().message.c_str());
       return 2;
     }
   }
@@ -229,13 +246,13 @@ int serve_main(int argc, char** argv) {
   dns.set_name_lookup([&dhcp](std::string_view name) { return dhcp.lookup_hostname(name); });
   for (auto& u : dns_upstreams) {
     if (auto r = dns.add_upstream(u); !r) {
-      std::fprintf(stderr, "berth serve: --dns-upstream %s: %s\n", u.c_str(), r.error().message.c_str());
+      std::fprintf(stderr, "berth %s: --dns-upstream %s: %s\n", cmd, u.c_str(), r.error().message.c_str());
       return 2;
     }
   }
   if (!hosts_file.empty()) {
     if (auto r = dns.set_hosts_file(hosts_file); !r) {
-      std::fprintf(stderr, "berth serve: --hosts %s: %s\n", hosts_file.c_str(), r.error().message.c_str());
+      std::fprintf(stderr, "berth %s: --hosts %s: %s\n", cmd, hosts_file.c_str(), r.error().message.c_str());
       return 2;
     }
   }
@@ -252,7 +269,7 @@ int serve_main(int argc, char** argv) {
     if (have) continue;
     auto id = forwarder.add(spec);
     if (!id) {
-      std::fprintf(stderr, "berth serve: --forward %s: %s\n", spec.c_str(), id.error().message.c_str());
+      std::fprintf(stderr, "berth %s: --forward %s: %s\n", cmd, spec.c_str(), id.error().message.c_str());
       forwarder.close();
       driver.close();
       uv_run(loop, UV_RUN_NOWAIT);
@@ -272,7 +289,7 @@ int serve_main(int argc, char** argv) {
     if (link) link = pcap::wrap_link(std::move(link.value()), captures, uint32_t(links.size()));
     Result<uint32_t> port = link ? driver.attach(link->get()) : Result<uint32_t>(link.error());
     if (!port) {
-      std::fprintf(stderr, "berth serve: --link %s: %s\n", spec_text.c_str(), port.error().message.c_str());
+      std::fprintf(stderr, "berth %s: --link %s: %s\n", cmd, spec_text.c_str(), port.error().message.c_str());
       if (link) (*link)->close();
       driver.close();
       uv_run(loop, UV_RUN_NOWAIT);
@@ -287,7 +304,7 @@ int serve_main(int argc, char** argv) {
   if (!disk_specs.empty()) {
     auto d = storage::start_disks(loop, tree, metrics, disk_specs);
     if (!d) {
-      std::fprintf(stderr, "berth serve: --disk: %s\n", d.error().message.c_str());
+      std::fprintf(stderr, "berth %s: --disk: %s\n", cmd, d.error().message.c_str());
       return 1;
     }
     disks = std::move(d.value());
@@ -295,12 +312,85 @@ int serve_main(int argc, char** argv) {
   }
 
   p9::Server server(loop, tree, stats, clock);
+
+  // Shutdown, from a signal or from the extension (the VM ended): the
+  // extension first (it refers to the links, disks and tree), then serve's
+  // own parts.
+  std::signal(SIGPIPE, SIG_IGN);
+  uv_signal_t sigint, sigterm;
+  struct Stop {
+    p9::Server* server;
+    uv_loop_t* loop;
+    uv_signal_t* sigs[2];
+    std::vector<std::unique_ptr<net::FrameLink>>* links;
+    net::NetDriver* driver;
+    net::Forwarder* forwarder;
+    std::unique_ptr<storage::DiskSet>* disks;
+    pcap::UvWakeups* wakeups;
+    ServeExtension* ext;
+    bool done = false;
+    int status = 0;
+    void run(int st) {
+      if (done) return;
+      done = true;
+      status = st;
+      if (ext) ext->stop();
+      server->close();
+      for (auto& l : *links) l->close();
+      forwarder->close();
+      if (*disks) (*disks)->close();
+      wakeups->close();
+      driver->close();
+      // Host sockets of live flows would keep the loop alive: stop it; the
+      // translators close their sockets as they are destroyed.
+      uv_stop(loop);
+      for (auto* sig : sigs) uv_close(reinterpret_cast<uv_handle_t*>(sig), nullptr);
+    }
+  } stop{&server, loop, {&sigint, &sigterm}, &links, &driver, &forwarder, &disks, &capture_wakeups, ext};
+  auto on_signal = [](uv_signal_t* h, int signum) {
+    spdlog::info("caught signal {}, shutting down", signum);
+    static_cast<Stop*>(h->data)->run(0);
+  };
+  for (auto [h, sig] : {std::pair{&sigint, SIGINT}, std::pair{&sigterm, SIGTERM}}) {
+    uv_signal_init(loop, h);
+    h->data = &stop;
+    uv_signal_start(h, on_signal, sig);
+  }
+
+  if (ext) {
+    ServeContext ctx;
+    ctx.loop = loop;
+    ctx.tree = &tree;
+    ctx.metrics = &metrics;
+    ctx.stats = &stats;
+    ctx.clock = &clock;
+    ctx.net = &net_cfg;
+    ctx.disks = disks.get();
+    ctx.attach_link = [&](net::FrameLink* link) -> Result<uint32_t> {
+      auto wrapped = pcap::wrap_link(link, captures, uint32_t(links.size()));
+      auto port = driver.attach(wrapped.get());
+      if (!port) {
+        wrapped->close();
+        return port.error();
+      }
+      links.push_back(std::move(wrapped));
+      return port;
+    };
+    ctx.shutdown = [&stop](int status) { stop.run(status); };
+    if (auto r = ext->start(ctx); !r) {
+      std::fprintf(stderr, "berth %s: %s\n", cmd, r.error().message.c_str());
+      stop.run(1);
+      uv_run(loop, UV_RUN_NOWAIT);
+      return 1;
+    }
+  }
+
   for (auto& a : addrs) {
     auto bound = server.listen(a);
     if (!bound) {
-      std::fprintf(stderr, "berth serve: %s\n", bound.error().message.c_str());
-      server.close();
-      uv_run(loop, UV_RUN_DEFAULT);
+      std::fprintf(stderr, "berth %s: %s\n", cmd, bound.error().message.c_str());
+      stop.run(1);
+      uv_run(loop, UV_RUN_NOWAIT);
       return 1;
     }
     std::printf("berth: listening on %s\n", bound->c_str());
@@ -308,37 +398,7 @@ int serve_main(int argc, char** argv) {
   std::fflush(stdout);
   spdlog::info("serving the control tree ({} listener{})", addrs.size(), addrs.size() == 1 ? "" : "s");
 
-  std::signal(SIGPIPE, SIG_IGN);
-  uv_signal_t sigint, sigterm;
-  struct Stop {
-    p9::Server* server;
-    uv_signal_t* sigs[2];
-    std::vector<std::unique_ptr<net::FrameLink>>* links;
-    net::NetDriver* driver;
-    net::Forwarder* forwarder;
-    std::unique_ptr<storage::DiskSet>* disks;
-    pcap::UvWakeups* wakeups;
-  } stop{&server, {&sigint, &sigterm}, &links, &driver, &forwarder, &disks, &capture_wakeups};
-  auto on_signal = [](uv_signal_t* h, int signum) {
-    auto* s = static_cast<Stop*>(h->data);
-    spdlog::info("caught signal {}, shutting down", signum);
-    s->server->close();
-    for (auto& l : *s->links) l->close();
-    s->forwarder->close();
-    if (*s->disks) (*s->disks)->close();
-    s->wakeups->close();
-    s->driver->close();
-    // Host sockets of live flows would keep the loop alive: stop it; the
-    // translators close their sockets as they are destroyed.
-    uv_stop(h->loop);
-    for (auto* sig : s->sigs) uv_close(reinterpret_cast<uv_handle_t*>(sig), nullptr);
-  };
-  for (auto [h, sig] : {std::pair{&sigint, SIGINT}, std::pair{&sigterm, SIGTERM}}) {
-    uv_signal_init(loop, h);
-    h->data = &stop;
-    uv_signal_start(h, on_signal, sig);
-  }
   uv_run(loop, UV_RUN_DEFAULT);
   spdlog::info("stopped");
-  return 0;
+  return stop.status;
 }
