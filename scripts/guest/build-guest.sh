@@ -4,7 +4,8 @@
 #     `apt-get download` and unpacked with `dpkg -x`; the cloud kernel lacks 9p)
 #   - a busybox-static initramfs whose /init brings up virtio-net (QEMU's
 #     `-netdev user`, or berth's qemu link with `-netdev stream`; static
-#     addressing) and runs a test chosen on the kernel command line.
+#     addressing) and runs a test chosen on the kernel command line (the disk
+#     test needs no network: it uses the virtio-blk disk /dev/vda).
 #
 # Usage: scripts/guest/build-guest.sh [--force]
 #
@@ -21,7 +22,7 @@
 # packages or fetch the kernel), anything else is a real error.
 #
 # Guest kernel command line understood by /init:
-#   berth.test=9p|net|services|boot  test to run (default 9p)
+#   berth.test=9p|net|services|disk|boot  test to run (default 9p)
 #   berth.port=N         9P server port on the host (default 564)
 #   berth.host=A.B.C.D   9P server address (default 10.0.2.2, the host under -netdev user)
 #   berth.watchdog=S     guest-side timeout in seconds (default 150)
@@ -44,6 +45,17 @@
 #                        on its port 8080 and waits for the host to fetch it
 #   berth.closed=PORT    a port on the host alias with no listener (must be refused)
 #   berth.gport=N        port of the control tree on the gateway (default 564)
+# The disk test (no network; /dev/vda, e.g. QEMU's -drive driver=nbd on
+# berth's NBD export) also reads:
+#   berth.seed=WORD      word stamped into the written data (default berth)
+#   It writes regions (stamped: each 512-byte sector is the line
+#   "berth-disk SEED NAME sector N" padded with spaces to 511 bytes plus a
+#   newline, N the absolute sector; const: bytes 0xa5; rand: /dev/urandom) at
+#   4 KiB-aligned offsets, one past the first GiB and one at the disk's end
+#   when the disk is big enough; checks a region to be written reads as
+#   zeros first; then sync, drop_caches, reads back and compares sha256.
+#   With blkdiscard and a disk that takes discards it then discards the
+#   region "discard" (whole MiBs), and checks it reads back as zeros.
 # Console markers (all start with "BERTH-GUEST: "):
 #   all tests: init started, modules loaded, net up, PASS | FAIL <reason>
 #   9p: mount ok, ls ok, version ok: ..., readme ok ..., readonly write
@@ -52,6 +64,10 @@
 #       ping host alias, wget, upload, udp echo, refused, 9p mount, net/config,
 #       net/flows, links, readonly write refused; then umount ok. Each failed
 #       check is reported and the test goes on; FAIL names the failed checks.
+#   disk: disk /dev/vda: SIZE bytes; region NAME KIND OFFSET LENGTH sha256 HEX
+#       (one per region, byte offsets); ok|not ok <check>: <detail> for
+#       zeros before write, written, readback NAME, discard (or
+#       "discard skipped: <why>"); FAIL names the failed checks.
 set -euo pipefail
 
 SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
@@ -68,8 +84,8 @@ done
 # Modules the guest loads, in this order. Dependencies found by depmod are
 # added before each module; modules that are built in or absent are skipped.
 MODULES=(virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev
-         virtio_pci failover net_failover virtio_net 9pnet 9pnet_fd netfs fscache 9p
-         af_packet)  # af_packet: udhcpc's raw socket (services test)
+         virtio_pci failover net_failover virtio_net virtio_blk 9pnet 9pnet_fd netfs fscache 9p
+         af_packet)  # af_packet: udhcpc's raw socket (services test); virtio_blk: disk test
 
 log() { echo "build-guest: $*" >&2; }
 unavailable() { log "UNAVAILABLE: $*"; exit 77; }
@@ -254,7 +270,7 @@ pass() { say "PASS (uptime $(up)s)"; finish; }
 say "init started (uptime $(up)s)"
 
 TEST=9p PORT=564 HOST=10.0.2.2 WATCHDOG=150 ANAME='' IP='' GW=''
-ALIAS=192.168.65.2 HTTP='' FILE=big SHA='' SINK='' UDP='' TOKEN=berth CLOSED='' GPORT=564 FPORT=
+ALIAS=192.168.65.2 HTTP='' FILE=big SHA='' SINK='' UDP='' TOKEN=berth CLOSED='' GPORT=564 FPORT= SEED=berth
 for w in $(cat /proc/cmdline); do
   case "$w" in
     berth.test=*) TEST=${w#*=} ;;
@@ -274,6 +290,7 @@ for w in $(cat /proc/cmdline); do
     berth.closed=*) CLOSED=${w#*=} ;;
     berth.gport=*) GPORT=${w#*=} ;;
     berth.fport=*) FPORT=${w#*=} ;;
+    berth.seed=*) SEED=${w#*=} ;;
   esac
 done
 if [ "$TEST" = net ]; then
@@ -289,6 +306,7 @@ while read -r ko; do
 done </lib/modules/berth/load.list
 say "modules loaded (uptime $(up)s)"
 
+if [ "$TEST" != disk ]; then
 i=0
 while [ ! -e /sys/class/net/eth0 ]; do
   i=$((i + 1))
@@ -301,6 +319,7 @@ if [ "$TEST" != services ]; then
   ip addr add "$IP" dev eth0 || fail "ip addr add $IP"
   ip route add default via "$GW" || fail "ip route add default via $GW"
   say "net up: eth0 $IP gw $GW (uptime $(up)s)"
+fi
 fi
 
 test_9p() {
@@ -529,8 +548,99 @@ DHCP
   [ -z "$NOTOK" ] || fail "services checks failed: $NOTOK"
 }
 
+# ---- disk: the virtio-blk disk /dev/vda (e.g. QEMU's NBD client on berth) ----
+# Region data goes to /tmp (the initramfs, in RAM); offsets and lengths are in
+# 4 KiB units for dd, reported in bytes.
+region_data() {  # region_data NAME KIND OFF4K LEN4K > file
+  case "$2" in
+    stamp) awk -v s="$SEED" -v n="$1" -v b=$(($3 * 8)) -v c=$(($4 * 8)) \
+             'BEGIN { for (i = 0; i < c; i++) printf "%-511s\n", "berth-disk " s " " n " sector " (b + i) }' ;;
+    const) dd if=/dev/zero bs=4096 count="$4" 2>/dev/null | tr '\0' '\245' ;;
+    rand)  dd if=/dev/urandom bs=4096 count="$4" 2>/dev/null ;;
+  esac
+}
+read_sha() {  # read_sha OFF4K LEN4K: sha256 of that range of /dev/vda
+  dd if=/dev/vda bs=4096 skip="$1" count="$2" 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+zero_sha() { dd if=/dev/zero bs=4096 count="$1" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+
+test_disk() {
+  NOTOK=''
+  i=0
+  while [ ! -b /dev/vda ]; do
+    i=$((i + 1))
+    [ $i -le 600 ] || fail "/dev/vda did not appear"
+    usleep 50000
+  done
+  sectors=$(cat /sys/block/vda/size)
+  size4k=$((sectors / 8))
+  mib=$((size4k / 256))
+  say "disk /dev/vda: $((size4k * 4096)) bytes (uptime $(up)s)"
+  [ "$mib" -ge 16 ] || fail "/dev/vda is too small: $mib MiB"
+  # NAME KIND OFF4K LEN4K; 256 units are 1 MiB.
+  R="start stamp 0 1024
+const const $((mib / 32 * 256 + 3)) 768
+rand rand $((mib / 3 * 256 + 9)) 512"
+  [ "$mib" -ge 1040 ] && R="$R
+pastgib stamp $((262144 + 257)) 1024"
+  R="$R
+discard stamp $((mib * 3 / 4 * 256)) 1024
+end stamp $((size4k - 512)) 512"
+  echo "$R" >/tmp/regions
+
+  zs=$(zero_sha 1024)
+  got=$(read_sha $((mib * 3 / 4 * 256)) 1024)
+  if [ "$got" = "$zs" ]; then ok "zeros before write: discard region of the fresh disk"
+  else notok "zeros before write" "discard region reads $got"; fi
+
+  t0=$(up)
+  total=0
+  while read -r n k o l; do
+    region_data "$n" "$k" "$o" "$l" >/tmp/r.$n || fail "making region $n"
+    sha=$(sha256sum </tmp/r.$n | cut -d' ' -f1)
+    echo "$sha" >/tmp/r.$n.sha
+    say "region $n $k $((o * 4096)) $((l * 4096)) sha256 $sha"
+    dd if=/tmp/r.$n of=/dev/vda bs=4096 seek="$o" conv=notrunc 2>/tmp/dd.err || { cat /tmp/dd.err; notok "write $n" "dd failed"; }
+    rm -f /tmp/r.$n
+    total=$((total + l * 4096))
+  done </tmp/regions
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+  ok "written: $total bytes in $(since "$t0")s, synced, caches dropped"
+
+  while read -r n k o l; do
+    got=$(read_sha "$o" "$l")
+    if [ "$got" = "$(cat /tmp/r.$n.sha)" ]; then ok "readback $n: sha256 $got"
+    else notok "readback $n" "sha256 $got, wrote $(cat /tmp/r.$n.sha)"; fi
+  done </tmp/regions
+
+  set -- $(grep '^discard ' /tmp/regions)
+  dmax=$(cat /sys/block/vda/queue/discard_max_bytes 2>/dev/null || echo 0)
+  if ! command -v blkdiscard >/dev/null 2>&1; then
+    say "discard skipped: no blkdiscard"
+  elif [ "${dmax:-0}" = 0 ]; then
+    say "discard skipped: /dev/vda takes no discards (discard_max_bytes 0)"
+  elif err=$(blkdiscard -o $(($3 * 4096)) -l $(($4 * 4096)) /dev/vda 2>&1); then
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    got=$(read_sha "$3" "$4")
+    if [ "$got" = "$zs" ]; then ok "discard: $(($4 * 4096)) bytes at $(($3 * 4096)) read back as zeros"
+    else notok discard "after blkdiscard the region reads sha256 $got, not zeros"; fi
+    # The neighbours are untouched.
+    for n in rand end; do
+      set -- $(grep "^$n " /tmp/regions)
+      got=$(read_sha "$3" "$4")
+      [ "$got" = "$(cat /tmp/r.$n.sha)" ] || notok "after discard $n" "sha256 $got"
+    done
+  else
+    notok discard "blkdiscard: $err"
+  fi
+  [ -z "$NOTOK" ] || fail "disk checks failed: $NOTOK"
+}
+
 case "$TEST" in
   9p) test_9p ;;
+  disk) test_disk ;;
   services) test_services ;;
   net) test_net ;;
   boot) ;;
