@@ -14,6 +14,7 @@ void usage(FILE* to) {
                "usage: berth <command> [options]\n\n"
                "commands:\n"
                "  serve   serve the control tree over 9P (default: unix:%s)\n"
+               "  run     boot a Linux guest under KVM, with the translator, disks and tree in process\n"
                "  ctl     read and write the control tree: ls, cat, write, rm, mkdir, stat, tail\n"
                "  qcow    create, inspect, check, map and compact qcow2 images\n\n"
                "Run 'berth <command> --help' for a command's options. 'berth --version' prints the version.\n",
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "serve") return serve_main(argc - 1, argv + 1);
+  if (cmd == "run") return run_main(argc - 1, argv + 1);
   if (cmd == "ctl") return ctl_main(argc - 1, argv + 1);
   if (cmd == "qcow") return qcow_main(argc - 1, argv + 1);
   std::fprintf(stderr, "berth: unknown command '%s'\n", cmd.c_str());

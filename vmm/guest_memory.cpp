@@ -70,7 +70,7 @@ std::optional<std::span<uint8_t>> GuestMemory::span(uint64_t gpa, uint64_t len) 
   for (auto& r : regions_) {
     if (gpa < r.gpa) continue;
     uint64_t off = gpa - r.gpa;
-    if (off > r.size) continue;
+    if (off > r.size || (off == r.size && len > 0)) continue;
     // off <= size here, so size - off cannot underflow and the test cannot overflow.
     if (len > r.size - off) return std::nullopt;
     return std::span<uint8_t>(r.host + off, size_t(len));

@@ -6,9 +6,10 @@
 // sees it:
 //   - every index is < the queue size (or the indirect table's length);
 //   - a chain visits at most `size` descriptors (so a loop ends as an error);
-//   - an indirect table is a multiple of 16 bytes, at most `size` entries,
-//     lies in RAM, and no descriptor inside it is INDIRECT again; INDIRECT
-//     with NEXT is refused;
+//   - an indirect table is a non-empty multiple of 16 bytes, at most 1024
+//     entries (its indices are bounded by its own length, and its chain by
+//     its entry count), lies in RAM, and no descriptor inside it is INDIRECT
+//     again; INDIRECT with NEXT is refused;
 //   - every buffer lies wholly inside RAM (GuestMemory::span);
 //   - device-readable buffers come before device-writable ones;
 //   - the total length of each part is at most kMaxChainBytes.
@@ -133,6 +134,13 @@ class Virtqueue {
   uint16_t used_idx_ = 0;     // our used index
   uint16_t signalled_used_ = 0;  // used index at the last interrupt decision
   bool pushed_ = false;
+  uint32_t pushes_since_signal_ = 0;  // > 0xffff: the wrap-safe test cannot tell
+  bool notify_on_ = true;             // enable_notifications() state
+  // Host addresses of the rings, fixed by activate() (mappings never move).
+  uint8_t* desc_host_ = nullptr;
+  uint8_t* avail_host_ = nullptr;
+  uint8_t* used_host_ = nullptr;
+  std::vector<uint8_t> table_;  // scratch copy of an indirect table
   QueueStats stats_;
 };
 
