@@ -41,6 +41,30 @@ namespace berth::vmm {
 
 namespace {
 
+// Debian 12's <linux/kvm.h> declares the variable-length ioctl structures
+// (kvm_cpuid2, kvm_msrs) with __DECLARE_FLEX_ARRAY, which in C++ puts an
+// empty struct before the array: sizeof becomes 12 and the entries start at
+// offset 12, so both the ioctl numbers (they encode the size) and the
+// layout are wrong for the kernel, which expects an 8-byte header. These
+// are the kernel's layouts, spelled out.
+struct VarHeader {
+  uint32_t count;  // nent / nmsrs
+  uint32_t pad;
+};
+static_assert(sizeof(VarHeader) == 8);
+constexpr unsigned long kGetSupportedCpuid = _IOC(_IOC_READ | _IOC_WRITE, KVMIO, 0x05, sizeof(VarHeader));
+constexpr unsigned long kSetCpuid2 = _IOC(_IOC_WRITE, KVMIO, 0x90, sizeof(VarHeader));
+constexpr unsigned long kSetMsrs = _IOC(_IOC_WRITE, KVMIO, 0x89, sizeof(VarHeader));
+
+template <typename Entry>
+struct VarBuffer {
+  explicit VarBuffer(size_t n) : bytes(sizeof(VarHeader) + n * sizeof(Entry), 0) { header()->count = uint32_t(n); }
+  VarHeader* header() { return reinterpret_cast<VarHeader*>(bytes.data()); }
+  Entry* entries() { return reinterpret_cast<Entry*>(bytes.data() + sizeof(VarHeader)); }
+  void* arg() { return bytes.data(); }
+  std::vector<uint8_t> bytes;  // operator new's alignment covers Entry's
+};
+
 Error ioctl_error(const char* what) {
   int e = errno;
   return make_error(e, fmt::format("{}: {}", what, std::strerror(e)));
@@ -106,14 +130,12 @@ Result<void> KvmVcpu::set_fpu(const kvm_fpu& f) {
 }
 
 Result<void> KvmVcpu::set_msrs(const std::vector<std::pair<uint32_t, uint64_t>>& msrs) {
-  std::vector<uint8_t> buf(sizeof(kvm_msrs) + msrs.size() * sizeof(kvm_msr_entry), 0);
-  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
-  m->nmsrs = uint32_t(msrs.size());
+  VarBuffer<kvm_msr_entry> m(msrs.size());
   for (size_t i = 0; i < msrs.size(); i++) {
-    m->entries[i].index = msrs[i].first;
-    m->entries[i].data = msrs[i].second;
+    m.entries()[i].index = msrs[i].first;
+    m.entries()[i].data = msrs[i].second;
   }
-  int n = ioctl(fd_.get(), KVM_SET_MSRS, m);
+  int n = ioctl(fd_.get(), kSetMsrs, m.arg());
   if (n < 0) return ioctl_error("KVM_SET_MSRS");
   if (size_t(n) != msrs.size())
     return make_error(EIO, fmt::format("KVM_SET_MSRS: KVM refused MSR {:#x}", msrs[size_t(n)].first));
@@ -121,11 +143,9 @@ Result<void> KvmVcpu::set_msrs(const std::vector<std::pair<uint32_t, uint64_t>>&
 }
 
 Result<void> KvmVcpu::set_cpuid(const std::vector<kvm_cpuid_entry2>& entries) {
-  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2), 0);
-  auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-  c->nent = uint32_t(entries.size());
-  std::memcpy(c->entries, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
-  if (ioctl(fd_.get(), KVM_SET_CPUID2, c) < 0) return ioctl_error("KVM_SET_CPUID2");
+  VarBuffer<kvm_cpuid_entry2> c(entries.size());
+  std::memcpy(c.entries(), entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
+  if (ioctl(fd_.get(), kSetCpuid2, c.arg()) < 0) return ioctl_error("KVM_SET_CPUID2");
   return {};
 }
 
@@ -264,11 +284,9 @@ Result<KvmVm> KvmSystem::create_vm() const {
 
 Result<std::vector<kvm_cpuid_entry2>> KvmSystem::supported_cpuid() const {
   for (size_t n = 128; n <= 4096; n *= 2) {
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2), 0);
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    c->nent = uint32_t(n);
-    if (ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, c) == 0)
-      return std::vector<kvm_cpuid_entry2>(c->entries, c->entries + c->nent);
+    VarBuffer<kvm_cpuid_entry2> c(n);
+    if (ioctl(fd_.get(), kGetSupportedCpuid, c.arg()) == 0)
+      return std::vector<kvm_cpuid_entry2>(c.entries(), c.entries() + std::min<size_t>(c.header()->count, n));
     if (errno != E2BIG) return ioctl_error("KVM_GET_SUPPORTED_CPUID");
   }
   return make_error(E2BIG, "KVM_GET_SUPPORTED_CPUID: too many entries");

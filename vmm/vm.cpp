@@ -424,7 +424,9 @@ struct Vm::Impl {
         const uint64_t mapped = c.kvm.run_size();
         if ((size != 1 && size != 2 && size != 4) || run->io.data_offset >= mapped ||
             count * size > mapped - run->io.data_offset) {
-          c.counts[kOther]++;
+          if (c.counts[kOther]++ < 3)
+            spdlog::warn("vm: vCPU {}: malformed port I/O exit (port {:#x} size {} count {} data_offset {} mapping {})",
+                         c.kvm.id(), run->io.port, size, count, uint64_t(run->io.data_offset), mapped);
           return true;
         }
         uint8_t* p = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
