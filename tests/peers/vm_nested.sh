@@ -154,7 +154,18 @@ while kill -0 $VPID 2>/dev/null && [ $i -lt $((L2_WATCHDOG * 2)) ]; do
     id=$(echo "$line" | sed -n 's/.* id \([0-9]*\) .*/\1/p')
     fetch "$FWD" "$S/fetched" 2>"$S/wget.err" || echo "fetch exit $?" >>"$S/wget.err"
     CTL cat /dhcp/leases >"$S/leases" 2>&1
-    if [ "$VMM" = berth ]; then CTL write /ports/ctl "rm $id" >"$S/rm.out" 2>&1
+    if [ "$VMM" = berth ]; then
+      # /vm while the guest waits: state, pause and resume, exit counts,
+      # devices, and the console stream (a reader starts at the oldest byte).
+      { CTL cat /vm/state; CTL write /vm/ctl pause; CTL cat /vm/state
+        CTL cat /vm/cpus >"$S/vm.cpus1"; sleep 1; CTL cat /vm/cpus >"$S/vm.cpus2"
+        CTL write /vm/ctl resume; CTL cat /vm/state
+        CTL write /vm/ctl reboot-now && echo "bad command accepted" || echo "bad command refused"
+      } >"$S/vm.ctl" 2>&1
+      CTL cat /vm/devices >"$S/vm.devices" 2>&1
+      CTL cat /vm/config >"$S/vm.config" 2>&1
+      timeout 3 "$BERTH" ctl --9p "unix:$W/b.sock" tail /vm/console >"$S/vm.console" 2>/dev/null
+      CTL write /ports/ctl "rm $id" >"$S/rm.out" 2>&1
     else CTL write /ports/ctl "rm $(cat "$W/realid")" >"$S/rm.out" 2>&1; rm -f "$W/tree/ports/$id"; fi
     say "forward fetched and removed (uptime $(now))"
     break
@@ -245,6 +256,18 @@ check "L2 saw the forward removed" 'l2has "forward removed"'
 check "L2 checks all passed" 'l2has "result PASS"'
 check "L2 powered off" 'l2has "poweroff"'
 check "the VMM exited 0" '[ "$(cat "$S/vmm.rc" 2>/dev/null)" = 0 ]'
+if [ "$VMM" = berth ]; then
+  check "/vm/state: running, then paused, then running" \
+    '[ "$(grep -E "^(running|paused|stopped)$" "$S/vm.ctl" | tr "\n" " ")" = "running paused running " ]'
+  check "/vm/ctl pause and resume answer OK" '[ "$(grep -c "^OK" "$S/vm.ctl")" -ge 2 ]'
+  check "/vm/ctl refuses an unknown command" 'grep -q "bad command refused" "$S/vm.ctl"'
+  check "/vm/cpus counts exits, frozen while paused" \
+    'grep -qE "^cpu0 io [1-9]" "$S/vm.cpus1" && [ "$(grep -oE "^cpu0 io [0-9]+" "$S/vm.cpus1")" = "$(grep -oE "^cpu0 io [0-9]+" "$S/vm.cpus2")" ]'
+  check "/vm/devices: chains served, none refused" \
+    'grep -qE "^net0 queue 1 chains [1-9]" "$S/vm.devices" && ! grep -qE " refused [1-9]" "$S/vm.devices"'
+  check "/vm/config names the kernel" 'grep -q "^kernel .*vmlinuz" "$S/vm.config"'
+  check "/vm/console replays the guest console" 'tr -d "\r" <"$S/vm.console" | grep -qa "^BERTH-L2: init"'
+fi
 want=$(awk 'BEGIN { for (i = 0; i < 1024; i++) printf "%-4095s\n", "berth-l2 block " i }' | sha256sum | cut -d' ' -f1)
 got=$(qemu-img dd -f qcow2 -O raw if="$S/d.qcow2" of=/dev/stdout bs=65536 count=64 2>/dev/null | sha256sum | cut -d' ' -f1 || true)
 if [ "$got" != "$want" ]; then
@@ -258,7 +281,7 @@ say "L2 init line: $(echo "$l2" | grep -a -m1 '^BERTH-L2: init' || true)"
 if [ "$FAILS" -ne 0 ]; then
   echo "----- console -----"; tail -n 150 "$TMP/console.log" 2>/dev/null || true
   echo "----- L2 console -----"; tr -d '\r' <"$S/l2.log" 2>/dev/null | tail -n 150 || true
-  for f in vmm.err serve.err wget.err rm.out leases; do [ -s "$S/$f" ] && { echo "----- $f -----"; tail -n 40 "$S/$f"; }; done
+  for f in vmm.err serve.err wget.err rm.out leases vm.ctl vm.cpus1 vm.cpus2 vm.devices vm.config; do [ -s "$S/$f" ] && { echo "----- $f -----"; tail -n 40 "$S/$f"; }; done
   cat "$TMP/check.out" 2>/dev/null || true
   say "FAILED: $FAILS check(s)"; exit 1
 fi
