@@ -7,6 +7,7 @@
 #include "version.h"
 
 int qcow_main(int argc, char** argv);  // tools/qcow.cpp
+int up_main(int argc, char** argv);    // tools/up.cpp
 
 namespace {
 void usage(FILE* to) {
@@ -15,6 +16,7 @@ void usage(FILE* to) {
                "commands:\n"
                "  serve   serve the control tree over 9P (default: unix:%s)\n"
                "  run     boot a Linux guest under KVM, with the translator, disks and tree in process\n"
+               "  up      boot the default guest (built once, cached) and say how to reach it\n"
                "  ctl     read and write the control tree: ls, cat, write, rm, mkdir, stat, tail\n"
                "  qcow    create, inspect, check, map and compact qcow2 images\n\n"
                "Run 'berth <command> --help' for a command's options. 'berth --version' prints the version.\n",
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "serve") return serve_main(argc - 1, argv + 1);
   if (cmd == "run") return run_main(argc - 1, argv + 1);
+  if (cmd == "up") return up_main(argc - 1, argv + 1);
   if (cmd == "ctl") return ctl_main(argc - 1, argv + 1);
   if (cmd == "qcow") return qcow_main(argc - 1, argv + 1);
   std::fprintf(stderr, "berth: unknown command '%s'\n", cmd.c_str());

@@ -48,7 +48,9 @@
 # Kernel command line: berth.fwd=PORT (default 18080), berth.token=WORD
 # (default berth-l2), berth.wait=S (default 120), berth.watchdog=S (default
 # 300: poweroff regardless), berth.bench=1 (print the init line, power off at
-# once), berth.skip="disk rng 9p fwd dns" (steps to skip).
+# once), berth.skip="disk rng 9p fwd dns" (steps to skip), berth.up=1 (`berth up`:
+# DHCP, mount the tree, serve a page on port 80, forward 127.0.0.1:FWD to it,
+# then stay up).
 #
 # ---- L1 (the nested host, under QEMU TCG -cpu max) ----
 # Modules: the virtio-pci and 9p stack, virtio_blk, then irqbypass ccp kvm
@@ -218,7 +220,7 @@ FAILED=
 bad() { say "$1 FAIL $2"; FAILED="$FAILED $1"; }
 off() { say "poweroff (uptime $(up))"; umount /mnt 2>/dev/null; sync; poweroff -f; sleep 30; }
 
-FWD=18080 TOKEN=berth-l2 WAIT=120 WATCHDOG=300 BENCH=0 SKIP=
+FWD=18080 TOKEN=berth-l2 WAIT=120 WATCHDOG=300 BENCH=0 SKIP= UP=0
 for w in $(cat /proc/cmdline); do
   case "$w" in
     berth.fwd=*) FWD=${w#*=} ;;
@@ -226,12 +228,15 @@ for w in $(cat /proc/cmdline); do
     berth.wait=*) WAIT=${w#*=} ;;
     berth.watchdog=*) WATCHDOG=${w#*=} ;;
     berth.bench=*) BENCH=${w#*=} ;;
+    berth.up=*) UP=${w#*=} ;;
     berth.skip=*) SKIP=$(echo "${w#*=}" | tr , ' ') ;;
   esac
 done
 [ "$BENCH" = 1 ] && off
 skip() { case " $SKIP " in *" $1 "*) say "$1 skipped"; return 0 ;; esac; return 1; }
-( sleep "$WATCHDOG"; say "watchdog: ${WATCHDOG}s passed"; say "result FAIL watchdog"; off ) &
+# berth.up=1 (`berth up`'s default guest) stays up: no watchdog, no tests.
+[ "$UP" = 1 ] && SKIP="$SKIP dns disk rng fwd"
+[ "$UP" = 1 ] || ( sleep "$WATCHDOG"; say "watchdog: ${WATCHDOG}s passed"; say "result FAIL watchdog"; off ) &
 
 while read -r ko; do
   [ -n "$ko" ] && { insmod "/lib/modules/berth/$ko" || say "insmod $ko failed"; }
@@ -292,6 +297,20 @@ if ! skip 9p; then
   else
     echo "$out" | show mount; bad 9p "mount failed"
   fi
+fi
+
+# ---- berth up: a web server reachable from the host, then stay up ----
+if [ "$UP" = 1 ]; then
+  mkdir -p /www
+  { echo "Hello from Berth's default guest ($IP)."
+    echo "Its control tree is mounted at /mnt; this page came through a port forward."; } >/www/index.html
+  httpd -p 80 -h /www
+  if [ "$M9" = 1 ] && [ -n "$IP" ] && (echo "tcp:127.0.0.1:$FWD:tcp:$IP:80" >/mnt/ports/ctl) 2>/dev/null; then
+    say "up: ip $IP; http://127.0.0.1:$FWD/ on the host reaches this guest's web server"
+  else
+    say "up: ip ${IP:-none}; no forward (the 9p mount or DHCP failed)"
+  fi
+  while :; do sleep 3600; done
 fi
 
 # ---- disk ----
