@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <functional>
 #include <string>
 
 #include "net/config.h"
@@ -183,8 +184,8 @@ class RunExtension final : public ServeExtension {
 
     vmm::mount_vm_tree(*ctx.tree, *ctx.metrics, parts);
 
-    auto shutdown = ctx.shutdown;
-    vm_->set_on_exit([shutdown](vmm::VmExit why, std::string detail) {
+    shutdown_ = ctx.shutdown;
+    vm_->set_on_exit([this, loop = ctx.loop](vmm::VmExit why, std::string detail) {
       int status = 0;
       switch (why) {
         case vmm::VmExit::PowerOff:
@@ -204,7 +205,16 @@ class RunExtension final : public ServeExtension {
       }
       std::fflush(stdout);
       spdlog::info("VM ended: {} {}", vmm::to_string(why), detail);
-      shutdown(status);
+      // A short grace period, so that the client whose write to /vm/ctl
+      // stopped the VM (and anyone reading the tree) gets its answer.
+      exit_status_ = status;
+      grace_ = new uv_timer_t;
+      uv_timer_init(loop, grace_);
+      grace_->data = this;
+      uv_timer_start(grace_, [](uv_timer_t* t) {
+        auto* self = static_cast<RunExtension*>(t->data);
+        self->shutdown_(self->exit_status_);
+      }, 300, 0);
     });
     if (auto r = vm_->boot(); !r) return r;
     std::printf("berth: vm running: %u vCPU%s, %llu MiB, kernel %s\n", cfg_.cpus, cfg_.cpus == 1 ? "" : "s",
@@ -213,6 +223,11 @@ class RunExtension final : public ServeExtension {
   }
 
   void stop() override {
+    if (grace_) {
+      uv_timer_stop(grace_);
+      uv_close(reinterpret_cast<uv_handle_t*>(grace_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+      grace_ = nullptr;
+    }
     if (vm_) vm_->stop();
   }
 
@@ -231,6 +246,9 @@ class RunExtension final : public ServeExtension {
   std::vector<std::unique_ptr<vmm::VirtioBlk>> blks_;
   std::unique_ptr<vmm::Virtio9p> ninep_;
   std::unique_ptr<vmm::VirtioRng> rng_;
+  std::function<void(int)> shutdown_;
+  uv_timer_t* grace_ = nullptr;  // between the guest's end and the shutdown
+  int exit_status_ = 0;
   std::unique_ptr<vmm::Vm> vm_;  // last: destroyed first
 };
 
