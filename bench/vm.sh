@@ -25,7 +25,8 @@
 #          console (polled every 20 ms), and the L2's own uptime on that line;
 #   rss    the VMM's resident memory without guest RAM, sampled when the init
 #          line appears: the sum of Rss over /proc/PID/smaps, leaving out the
-#          anonymous mappings at least as large as the guest memory.
+#          anonymous mappings at least as large as the guest memory; and
+#          the private part of that (anonymous mappings, heap, stacks).
 # The report gives the medians of the per-pair ratios berth/qemu and the
 # medians of each, and replaces the section between <!-- vm:begin --> and
 # <!-- vm:end --> in docs/BENCHMARKS.md.
@@ -84,13 +85,16 @@ say() { echo "BERTH-L1: $*"; }
 now() { read -r u _ </proc/uptime; echo "$u"; }
 CMDLINE="console=ttyS0 panic=-1 loglevel=4 berth.bench=1"
 : >$S/results
-# Rss (kB) of PID's mappings, leaving out anonymous ones >= the guest RAM.
+# Rss (kB) of PID's mappings, leaving out anonymous ones >= the guest RAM;
+# then the guest RAM's Rss; then the private part of the rest (anonymous
+# mappings, [heap] and [stack]: what the VMM itself allocated, without the
+# pages of its binary and shared libraries).
 rss() {
   awk -v g=$((MEM * 1024)) '
-    /^[0-9a-f]+-[0-9a-f]+ / { anon = (NF < 6); next }
+    /^[0-9a-f]+-[0-9a-f]+ / { anon = (NF < 6); priv = anon || $6 == "[heap]" || $6 ~ /^\[stack/; next }
     /^Size:/ { size = $2; next }
-    /^Rss:/ { if (anon && size >= g) skipped += $2; else sum += $2 }
-    END { printf "%d %d\n", sum, skipped }' /proc/$1/smaps 2>/dev/null
+    /^Rss:/ { if (anon && size >= g) skipped += $2; else { sum += $2; if (priv) p += $2 } }
+    END { printf "%d %d %d\n", sum, skipped, p }' /proc/$1/smaps 2>/dev/null
 }
 p=1
 while [ $p -le $PAIRS ]; do
@@ -121,10 +125,11 @@ while [ $p -le $PAIRS ]; do
     u=$(tr -d '\r' <$log | sed -n 's/^BERTH-L2: init \([0-9.]*\).*/\1/p' | head -n1)
     if [ -n "$t1" ]; then
       w=$(awk -v a=$t0 -v b=$t1 'BEGIN { printf "%.2f", b - a }')
-      echo "$vmm $p $w ${u:-nan} $m $rc" >>$S/results
+      set -- $m
+      echo "$vmm $p $w ${u:-nan} ${1:-nan} ${2:-nan} $rc ${3:-nan}" >>$S/results
       say "$vmm pair $p: init after ${w}s (L2 uptime $u), rss kB (without guest RAM, guest RAM) $m, exit $rc"
     else
-      echo "$vmm $p nan nan nan nan $rc" >>$S/results
+      echo "$vmm $p nan nan nan nan $rc nan" >>$S/results
       say "$vmm pair $p: no init line (exit $rc): $(tail -n 3 /tmp/err.$vmm | tr '\n' ' ')"
     fi
   done
@@ -155,11 +160,11 @@ sys.path.insert(0, benchdir)
 runs = {}
 for line in open(res):
     f = line.split()
-    if len(f) < 7:
-        f += ["nan"] * (7 - len(f))
+    if len(f) < 8:
+        f += ["nan"] * (8 - len(f))
     vmm, p = f[0], int(f[1])
     val = lambda x: float(x) if x not in ("nan", "") else math.nan
-    runs[(vmm, p)] = dict(boot=val(f[2]), uptime=val(f[3]), rss=val(f[4]), ram=val(f[5]), rc=f[6])
+    runs[(vmm, p)] = dict(boot=val(f[2]), uptime=val(f[3]), rss=val(f[4]), ram=val(f[5]), rc=f[6], anon=val(f[7]))
 def med(xs):
     xs = [x for x in xs if not math.isnan(x)]
     return statistics.median(xs) if xs else math.nan
@@ -182,16 +187,18 @@ lines += ["", "| metric | berth run (median) | QEMU microvm (median) | berth/QEM
           "|---|---|---|---|"]
 for k, name, d in (("boot", "VMM start to L2 `init` line, wall s in L1", 2),
                    ("uptime", "L2 uptime at its `init` line, s", 2),
-                   ("rss", "VMM Rss without guest RAM, KiB", 0)):
+                   ("rss", "VMM Rss without guest RAM, KiB", 0),
+                   ("anon", "of which private (heap, stacks, anonymous maps), KiB", 0)):
     r = ratios(k)
     lines.append(f"| {name} | {fmt(med(col('berth', k)), d)} | {fmt(med(col('qemu', k)), d)} | "
                  f"{fmt(med(r)) if r else 'n/a'} |")
-lines += ["", "Per run (pair, VMM, boot s, L2 uptime s, Rss KiB without guest RAM, Rss KiB of guest RAM, exit):", "", "```"]
+lines += ["", "The rest of the Rss without guest RAM is the pages of each VMM's binary and shared libraries.",
+          "", "Per run (pair, VMM, boot s, L2 uptime s, Rss KiB without guest RAM, Rss KiB of guest RAM, exit, private KiB):", "", "```"]
 for p in ps:
     for vmm in ("berth", "qemu"):
         if (vmm, p) in runs:
             x = runs[(vmm, p)]
-            lines.append(f"{p} {vmm:5} {fmt(x['boot'])} {fmt(x['uptime'])} {fmt(x['rss'], 0)} {fmt(x['ram'], 0)} {x['rc']}")
+            lines.append(f"{p} {vmm:5} {fmt(x['boot'])} {fmt(x['uptime'])} {fmt(x['rss'], 0)} {fmt(x['ram'], 0)} {x['rc']} {fmt(x['anon'], 0)}")
 lines += ["```", "", "Command lines (in L1):", "", "```",
           "berth run --kernel vmlinuz --initrd initrd --cmdline 'console=ttyS0 panic=-1 loglevel=4 berth.bench=1' "
           "--mem 256M --cpus 1 --disk d0=a.qcow2 --dns-upstream 127.0.0.1:53 --9p unix:/tmp/b.sock --console stdout",

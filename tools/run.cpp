@@ -9,6 +9,7 @@
 //   3  the guest rebooted (berth run does not restart it)
 //   4  the guest crashed (triple fault, or KVM could not run it)
 #include <spdlog/spdlog.h>
+#include <malloc.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -78,7 +79,8 @@ class RunExtension final : public ServeExtension {
                  "  --mem SIZE       guest memory (default 512M)\n"
                  "  --cpus N         vCPUs, 1..32 (default 1)\n"
                  "  --console stdout|none\n"
-                 "                   also copy the console to standard output (default none)\n"
+                 "                   also copy the console to standard output (default none); on a\n"
+                 "                   terminal, keystrokes then go to the guest (Ctrl-] detaches)\n"
                  "Exit status: 0 the guest powered off or was stopped, 1 berth could not start,\n"
                  "3 the guest rebooted, 4 the guest crashed.\n\n",
                  kBaseCmdline);
@@ -217,12 +219,63 @@ class RunExtension final : public ServeExtension {
       }, 300, 0);
     });
     if (auto r = vm_->boot(); !r) return r;
+    if (console_stdout_ && isatty(STDIN_FILENO)) attach_terminal(ctx.loop);
+    // The kernel and initrd were read into buffers that boot() has freed:
+    // hand that memory back, since the VMM's own footprint is what stays.
+    malloc_trim(0);
     std::printf("berth: vm running: %u vCPU%s, %llu MiB, kernel %s\n", cfg_.cpus, cfg_.cpus == 1 ? "" : "s",
                 (unsigned long long)(cfg_.mem_bytes >> 20), cfg_.kernel_path.c_str());
     return {};
   }
 
+  // With --console stdout on a terminal, keystrokes go to the guest's
+  // serial port (raw mode) until Ctrl-] detaches the terminal.
+  void attach_terminal(uv_loop_t* loop) {
+    tty_ = new uv_tty_t;
+    if (uv_tty_init(loop, tty_, STDIN_FILENO, 1) != 0) {
+      delete tty_;
+      tty_ = nullptr;
+      return;
+    }
+    tty_->data = this;
+    uv_tty_set_mode(tty_, UV_TTY_MODE_RAW);
+    std::printf("berth: the terminal is the guest's console; Ctrl-] detaches it\r\n");
+    std::fflush(stdout);
+    uv_read_start(
+        reinterpret_cast<uv_stream_t*>(tty_),
+        [](uv_handle_t*, size_t, uv_buf_t* buf) {
+          static char mem[256];
+          *buf = uv_buf_init(mem, sizeof mem);
+        },
+        [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+          auto* self = static_cast<RunExtension*>(s->data);
+          if (n < 0) {
+            self->detach_terminal();
+            return;
+          }
+          for (ssize_t i = 0; i < n; i++) {
+            if (buf->base[i] == 0x1d) {  // Ctrl-]
+              if (i > 0) self->vm_->console_input(Bytes(reinterpret_cast<uint8_t*>(buf->base), size_t(i)));
+              self->detach_terminal();
+              std::printf("\nberth: terminal detached; the guest keeps running (berth ctl write /vm/ctl stop)\n");
+              std::fflush(stdout);
+              return;
+            }
+          }
+          if (n > 0) self->vm_->console_input(Bytes(reinterpret_cast<uint8_t*>(buf->base), size_t(n)));
+        });
+  }
+
+  void detach_terminal() {
+    if (!tty_) return;
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(tty_));
+    uv_tty_reset_mode();
+    uv_close(reinterpret_cast<uv_handle_t*>(tty_), [](uv_handle_t* h) { delete reinterpret_cast<uv_tty_t*>(h); });
+    tty_ = nullptr;
+  }
+
   void stop() override {
+    detach_terminal();
     if (grace_) {
       uv_timer_stop(grace_);
       uv_close(reinterpret_cast<uv_handle_t*>(grace_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
@@ -248,6 +301,7 @@ class RunExtension final : public ServeExtension {
   std::unique_ptr<vmm::VirtioRng> rng_;
   std::function<void(int)> shutdown_;
   uv_timer_t* grace_ = nullptr;  // between the guest's end and the shutdown
+  uv_tty_t* tty_ = nullptr;      // stdin, while it is the guest's console
   int exit_status_ = 0;
   std::unique_ptr<vmm::Vm> vm_;  // last: destroyed first
 };
@@ -255,6 +309,10 @@ class RunExtension final : public ServeExtension {
 }  // namespace
 
 int run_main(int argc, char** argv) {
+  // Large buffers (the kernel image, the initrd) come from their own
+  // mappings and go back to the system when freed, instead of raising
+  // glibc's dynamic threshold and staying in the heap.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   RunExtension ext;
   return serve_with(argc, argv, &ext);
 }

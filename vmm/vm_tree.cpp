@@ -22,6 +22,52 @@ std::string_view type_name(uint32_t type) {
   return "unknown";
 }
 
+// /vm/console: reading follows the console output (each open starts at the
+// oldest retained byte); writing types into the UART's receiver, as a
+// terminal would. Bytes the receiver has no room for are dropped and
+// counted (console_dropped is the output side).
+class ConsoleOpen final : public p9::ByteStreamReader {
+ public:
+  ConsoleOpen(std::shared_ptr<VmTreeParts> parts)
+      : ByteStreamReader(parts->console, parts->console->start_seq()), parts_(std::move(parts)) {}
+  Result<size_t> write(uint64_t, Bytes data) override {
+    if (parts_->vm->state() == VmState::Stopped) return make_error(EPIPE, "the VM has stopped");
+    parts_->vm->console_input(data);
+    wrote_ = true;
+    return data.size();
+  }
+  // A handle that typed something is a keyboard, not a screen: its reads
+  // end at once (so `berth ctl write /vm/console TEXT` returns).
+  Result<size_t> read(uint64_t offset, std::span<uint8_t> out) override {
+    if (wrote_) return size_t(0);
+    return ByteStreamReader::read(offset, out);
+  }
+  void wait_readable(std::function<void()> cb) override {
+    if (wrote_) return cb();
+    ByteStreamReader::wait_readable(std::move(cb));
+  }
+  Result<void> truncate(uint64_t) override { return {}; }
+
+ private:
+  std::shared_ptr<VmTreeParts> parts_;
+  bool wrote_ = false;
+};
+
+class ConsoleFile final : public p9::Node {
+ public:
+  explicit ConsoleFile(std::shared_ptr<VmTreeParts> parts)
+      : Node("console", 0644,
+             "the serial console (ttyS0): reads follow its output from the oldest retained byte; writes type into it",
+             false),
+        parts_(std::move(parts)) {}
+  Result<std::unique_ptr<p9::OpenFile>> open(p9::Access, bool) override {
+    return std::unique_ptr<p9::OpenFile>(std::make_unique<ConsoleOpen>(parts_));
+  }
+
+ private:
+  std::shared_ptr<VmTreeParts> parts_;
+};
+
 }  // namespace
 
 std::string render_vm_cpus(const Vm& vm) {
@@ -82,8 +128,7 @@ void mount_vm_tree(p9::Tree& tree, p9::MetricsRegistry& metrics, std::shared_ptr
                         "ctl", "write pause, resume or stop",
                         [parts](std::string_view line) { return vm_command(*parts->vm, line); },
                         "pause | resume | stop"));
-  tree.mount("/vm", std::make_shared<p9::StreamFile>("console", "the serial console (ttyS0), as a stream",
-                                                     parts->console, true));
+  tree.mount("/vm", std::make_shared<ConsoleFile>(parts));
   tree.mount("/vm", std::make_shared<StateFile>("cpus", "vCPU exit counts by reason, one line per vCPU",
                                                 [parts] { return render_vm_cpus(*parts->vm); }));
   tree.mount("/vm", std::make_shared<StateFile>("config", "kernel, initrd, command line, memory and vCPUs", [parts] {

@@ -310,7 +310,10 @@ if [ "$UP" = 1 ]; then
   else
     say "up: ip ${IP:-none}; no forward (the 9p mount or DHCP failed)"
   fi
-  while :; do sleep 3600; done
+  # A shell on the console (berth run --console stdout on a terminal, or
+  # writes into /vm/console), respawned when it exits.
+  say "up: a shell is on the console"
+  while :; do setsid cttyhack sh; sleep 1; done
 fi
 
 # ---- disk ----
